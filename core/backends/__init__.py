@@ -1,0 +1,30 @@
+"""Backend registry: names users type, mapped to loaders imported only when chosen."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import GptuiError
+from .base import Backend
+
+# name -> (module, class); modules import lazily so onnxruntime or CUDA are only needed when used.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch-fp32": ("torch_backend", "TorchBackend"),
+}
+
+
+def available_backends() -> list[str]:
+    return list(BACKENDS)
+
+
+def load_backend(name: str, folder: str | Path, **options) -> Backend:
+    """Load the model in `folder` on backend `name` (options go to the backend's loader)."""
+    if name not in BACKENDS:
+        raise GptuiError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as e:
+        raise GptuiError(f"backend {name} is not installed ({e})") from None
+    return getattr(module, class_name).load(Path(folder), name=name, **options)

