@@ -46,7 +46,7 @@ class GPTConfig:
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied output head counted once)."""
         d, L, V = self.n_embd, self.n_layer, self.padded_vocab_size
-        per_block = 12 * d * d + (13 * d if self.bias else 0) + (4 * d if self.bias else 2 * d)
+        per_block = 12 * d * d + (9 * d if self.bias else 0) + (4 * d if self.bias else 2 * d)  # linears + 2 LNs
         total = L * per_block + V * d + self.block_size * d + (2 * d if self.bias else d)
         if non_embedding:
             total -= V * d + self.block_size * d

@@ -42,6 +42,7 @@ class DoneEvent:
     time_to_first_token: float  # seconds: prefill plus the first sample
     decode_tokens_per_s: float  # tokens after the first, over the time they took
     total_time: float
+    retract: int = 0  # characters already streamed that a stop_fn cut off; consumers drop them
 
 
 class ContextWindow:
@@ -80,8 +81,8 @@ def generate(
     """Stream TokenEvents, then exactly one DoneEvent.
 
     stop_fn sees all text generated so far and may return (cut, reason): the output ends at
-    character `cut` (text already emitted past it is not taken back, so callers hold what
-    they need) and generation stops with that reason.
+    character `cut` and generation stops with that reason; text already streamed past the cut
+    is reported in DoneEvent.retract.
     """
     if not prompt:
         prompt = [encoding.eot_token]  # an empty prompt means "start of a document"
@@ -95,6 +96,7 @@ def generate(
     text = ""
     first_time = None
     reason = "length"
+    retract = 0
     n = 0
     if params.max_tokens > 0:
         logits = window.start(prompt[dropped:])
@@ -114,7 +116,8 @@ def generate(
             if stop_fn is not None:
                 cut = stop_fn(text + delta)
                 if cut is not None:
-                    delta = (text + delta)[: cut[0]][len(text) :]
+                    retract = max(0, len(text) - cut[0])
+                    delta = (text + delta)[len(text) : max(cut[0], len(text))]
                     hit, reason = True, cut[1]
             text += delta
             yield TokenEvent(delta, token, logprob, n - 1, now - start, top)
@@ -131,4 +134,4 @@ def generate(
     end = time.perf_counter()
     ttft = (first_time - start) if first_time else end - start
     rate = (n - 1) / (end - first_time) if first_time and n > 1 and end > first_time else 0.0
-    yield DoneEvent(tail, reason, len(prompt) - dropped, dropped, n, ttft, rate, end - start)
+    yield DoneEvent(tail, reason, len(prompt) - dropped, dropped, n, ttft, rate, end - start, retract)

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from gptui.core.backends.torch_backend import TorchBackend
+from gptui.core.config import GPTConfig, PRESETS, preset
+from gptui.core.errors import GptuiError
+from gptui.core.generate import ContextWindow
+
+from conftest import make_tiny
+
+
+def test_vocab_is_padded_to_a_multiple_of_64():
+    config = GPTConfig(vocab_size=50281, n_layer=1, n_head=1, n_embd=8, block_size=8)
+    assert config.padded_vocab_size == 50304
+    assert GPTConfig(vocab_size=128, n_layer=1, n_head=1, n_embd=8).padded_vocab_size == 128
+
+
+def test_presets_have_the_sizes_the_design_names():
+    small = preset("small", vocab_size=50281)
+    assert 25e6 < small.num_params() < 35e6
+    assert 120e6 < preset("gpt2", vocab_size=50257).num_params() < 130e6
+    with pytest.raises(GptuiError):
+        preset("huge")
+    assert set(PRESETS) >= {"tiny", "small", "gpt2"}
+
+
+def test_num_params_formula_matches_the_module():
+    model = make_tiny()
+    assert model.num_params() == model.config.num_params()
+
+
+def test_output_head_is_tied_to_the_embedding():
+    model = make_tiny()
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_chunked_prefill_with_cache_equals_one_full_pass():
+    model = make_tiny()
+    idx = torch.randint(0, 50000, (1, 40))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_cache(batch=1)
+        first = model(idx[:, :25], pos=0)
+        second = model(idx[:, 25:], pos=25)
+        model.clear_cache()
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_kv_cached_decoding_matches_recompute_across_the_context_limit():
+    model = make_tiny()
+    block = model.config.block_size
+    backend = TorchBackend(model)
+    window = ContextWindow(backend)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 50000, (block - 10,), generator=g).tolist()
+    logits = window.start(prompt)
+    worst = 0.0
+    slid = False
+    for step in range(3 * block):  # runs past the window several times
+        with torch.no_grad():
+            reference = model(torch.tensor([window.ids]))[0, -1]
+        worst = max(worst, (logits - reference).abs().max().item())
+        token = int(torch.randint(0, 50000, (1,), generator=g))
+        before = len(window.ids)
+        logits = window.push(token)
+        slid |= len(window.ids) < before + 1
+        assert len(window.ids) <= block and window.ids[-1] == token
+    assert slid
+    assert worst < 1e-4
+
+
+def test_forward_past_block_size_is_refused():
+    model = make_tiny()
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, model.config.block_size + 1, dtype=torch.long))
