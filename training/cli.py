@@ -60,5 +60,11 @@ def init(preset, out, encoding, seed, force):
     click.echo(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters, {encoding})", err=True)
 
 
+from .commands import evaluate, prepare, pretrain, sft  # noqa: E402  (they use fail_cleanly from above)
+
+for _command in (prepare, pretrain, sft, evaluate):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,0 +1,206 @@
+"""`gptui-train prepare | pretrain | sft | eval`: parse options, delegate, report in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ..core.errors import GptuiError
+from .cli import fail_cleanly
+
+GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+# ----- prepare -----
+
+@click.command()
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--hf", "hf_source", metavar="NAME_OR_FILE",
+              help="Instruction data: a Hugging Face dataset name (flytech/python-codes-25k) or a local "
+                   ".json/.jsonl/.parquet file with columns instruction, input, output.")
+@click.option("--mine", "mine_roots", multiple=True, type=click.Path(path_type=Path),
+              help="Mine instruction pairs from the docstrings of functions and classes under DIR (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option("--encoding", default="gpt2-code", show_default=True, help="gpt2 or gpt2-code")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=None,
+              help="Share of files (or examples) held out for validation [0.01 for code, 0.02 for instructions].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/val split.")
+@click.option("--num-proc", type=click.IntRange(1), default=os.cpu_count() or 1, show_default="all cores",
+              envvar="GPTUI_NUM_PROC", help="Worker processes for reading and tokenising.")
+@click.option("--max-file-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="Skip larger .py files (usually generated tables).")
+@click.option("--shard-tokens", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Tokens per shard file (cut at document boundaries).")
+@click.option("--force", is_flag=True, help="Replace an --out folder that holds other prepared data.")
+@fail_cleanly
+def prepare(roots, hf_source, mine_roots, out, encoding, val_fraction, seed, num_proc, max_file_bytes, shard_tokens, force):
+    """Turn .py directories (ROOTS), --hf data or --mine'd docstrings into token shards and a manifest.json."""
+    from ..core.paths import cache_dir
+
+    if sum(map(bool, (roots, hf_source, mine_roots))) != 1:
+        raise GptuiError("give one source: directories of .py files, --hf NAME_OR_FILE, or --mine DIR")
+    cache = cache_dir()
+    if roots:
+        from .prepare_code import prepare_code
+
+        manifest, reused = prepare_code(list(roots), out, encoding, 0.01 if val_fraction is None else val_fraction, seed,
+                                        num_proc, max_file_bytes, shard_tokens, force, cache / "prepare")
+        what = "files"
+    else:
+        from .prepare_sft import load_instructions, mine_to_jsonl, prepare_sft
+
+        extra = {}
+        if hf_source:
+            source = {"type": "hf", "name": hf_source}
+            ds = load_instructions(hf_source, cache / "datasets")
+        else:
+            jsonl, files = mine_to_jsonl(list(mine_roots), cache / "prepare", num_proc, max_file_bytes)
+            source = {"type": "mined", "roots": [str(Path(r).resolve()) for r in mine_roots], "files_read": files}
+            ds = load_instructions(str(jsonl), cache / "datasets")
+            extra = {"mined.jsonl": jsonl}
+        manifest, reused = prepare_sft(ds, source, out, encoding, 0.02 if val_fraction is None else val_fraction, seed,
+                                       num_proc, force, extra)
+        what = "examples"
+    splits = manifest["splits"]
+    skipped = ", ".join(f"{n:,} {reason}" for reason, n in manifest["skipped"].items()) or "none"
+    click.echo(
+        f"{'up to date, reused' if reused else 'wrote'} {out}: train {splits['train'][what]:,} {what} / "
+        f"{splits['train']['tokens']:,} tokens, val {splits['val'][what]:,} {what} / {splits['val']['tokens']:,} tokens; "
+        f"skipped {skipped}", err=True)
+
+
+# ----- pretrain and sft -----
+
+def _training_options(sft: bool):
+    """The options pretrain and sft share; their defaults differ (fine-tuning is short and gentle)."""
+    d = dict(steps=1000, batch_tokens=1 << 16, lr=1e-4, warmup=20, eval_every=100, save_every=200) if sft else \
+        dict(steps=5000, batch_tokens=1 << 19, lr=6e-4, warmup=200, eval_every=250, save_every=500)
+    options = [
+        click.option("--data", type=click.Path(path_type=Path), help="A folder from gptui-train prepare."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (must not exist unless --resume)."),
+        click.option("--init", metavar="CHECKPOINT", help="Start from this model (name or folder)."
+                     + (" Required." if sft else " Instead of --preset.")),
+        click.option("--steps", type=click.IntRange(1), default=d["steps"], show_default=True),
+        click.option("--batch-tokens", type=click.IntRange(1), default=d["batch_tokens"], show_default=True,
+                     help="Tokens per optimizer step over all processes (gradient accumulation makes up the rest)."),
+        click.option("--micro-batch", type=click.IntRange(1), default=16, show_default=True,
+                     help="Rows per forward pass per process."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d["lr"], show_default=True),
+        click.option("--min-lr", type=click.FloatRange(min=0), default=None, help="End of the cosine [lr/10]."),
+        click.option("--warmup", type=click.IntRange(0), default=d["warmup"], show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True),
+        click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0 disables."),
+        click.option("--eval-every", type=click.IntRange(1), default=d["eval_every"], show_default=True),
+        click.option("--eval-tokens", type=click.IntRange(1), default=1 << 20, show_default=True),
+        click.option("--save-every", type=click.IntRange(1), default=d["save_every"], show_default=True),
+        click.option("--log-every", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint."),
+        click.option("--compile/--no-compile", default=None, help="torch.compile [on for CUDA]."),
+        click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--loss", type=click.Choice(["plain", "chunked"]), default="plain", show_default=True,
+                     help="chunked never holds the whole (tokens x vocabulary) logits: less memory."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes (GPUs) to launch through torchrun on this machine."),
+        click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard."),
+    ]
+    if not sft:
+        options[3:3] = [
+            click.option("--preset", default="small", show_default=True, help="tiny, small or gpt2 (from scratch)."),
+            click.option("--encoding", default="gpt2-code", show_default=True, help="Tokenizer (from scratch)."),
+        ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _argv_for_torchrun(ctx: click.Context) -> list[str]:
+    """This command's arguments as given, minus --nproc, for the processes torchrun starts."""
+    argv = [ctx.info_name]
+    for param in ctx.command.params:
+        if param.name == "nproc" or ctx.get_parameter_source(param.name) not in GIVEN:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Option) and param.is_flag:
+            if param.secondary_opts:
+                argv.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                argv.append(param.opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
+
+
+def _train(ctx: click.Context, task: str, params: dict) -> None:
+    from . import distributed
+    from .trainer import TrainConfig, read_run_config, run_training
+
+    if params["nproc"] > 1 and "RANK" not in os.environ:
+        ctx.exit(distributed.launch(params["nproc"], _argv_for_torchrun(ctx)))
+    resume = params.pop("resume")
+    params.pop("nproc")
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
+    if resume:
+        given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) in GIVEN}
+        config = TrainConfig.from_dict({**read_run_config(Path(values["out"])), **given, "task": task})
+    else:
+        if not values.get("data"):
+            raise GptuiError("--data is required (a folder from gptui-train prepare)")
+        config = TrainConfig(task=task, **values)
+    code = run_training(config, resume=resume)
+    if code:
+        ctx.exit(code)
+
+
+@click.command()
+@_training_options(sft=False)
+@click.pass_context
+@fail_cleanly
+def pretrain(ctx, **params):
+    """Train a model on prepared code: from a --preset, or from --init CHECKPOINT."""
+    _train(ctx, "pretrain", params)
+
+
+@click.command()
+@_training_options(sft=True)
+@click.pass_context
+@fail_cleanly
+def sft(ctx, **params):
+    """Fine-tune a pretrained model (--init) on instruction data; loss on response tokens only."""
+    _train(ctx, "sft", params)
+
+
+# ----- eval -----
+
+@click.command("eval")
+@click.argument("model")
+@click.option("--data", type=click.Path(path_type=Path), help="A prepared folder (with --split).")
+@click.option("--split", default="val", show_default=True, help="train or val.")
+@click.option("--py-dir", "py_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Evaluate on the .py files under DIR instead (repeatable).")
+@click.option("--backend", help="Run the model through this inference backend (e.g. torch-fp32, onnx-int8).")
+@click.option("--max-tokens", type=click.IntRange(1), default=1 << 20, show_default=True, help="Tokens to score at most.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@fail_cleanly
+def evaluate(model, data, split, py_dirs, backend, max_tokens, batch_size, device, as_json):
+    """Loss per token, perplexity and bits per byte of MODEL (a name or folder)."""
+    from .evaluate import evaluate as run_eval
+
+    result = run_eval(model, data, split, list(py_dirs), backend, max_tokens, batch_size, device)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{result['model']} [{result['backend']}] on {result['source']}: loss {result['loss']:.4f} nats/token, "
+                   f"perplexity {result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte "
+                   f"({result['tokens']:,} tokens, {result['bytes']:,} bytes)")

@@ -1,0 +1,179 @@
+"""Training rows and the order they are read in.
+
+A *row* is block_size + 1 tokens: inputs are the first block_size, targets the last block_size,
+with -1 where a target is not trained on. Pretraining rows are windows into the memory-mapped
+token shards; SFT rows are examples packed end to end.
+
+Which rows a micro-batch reads is a pure function of (seed, step, micro-step, rank): resuming
+at step N reads exactly what an uninterrupted run would have, and DDP ranks read disjoint rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import GptuiError
+from .loss import IGNORE
+from .shards import PRETRAIN, load_array
+
+
+class TokenWindows:
+    """Pretraining rows: consecutive windows of the token stream, one shard at a time.
+
+    Each epoch shifts the window grid by a seeded offset, so repeated epochs cut documents
+    at different places instead of showing the model the very same windows again.
+    """
+
+    def __init__(self, shards: list[np.ndarray], block_size: int, seed: int):
+        self.shards = shards
+        self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
+        self.block_size = block_size
+        self.seed = seed
+
+    def _offset(self, epoch: int) -> int:
+        return 0 if epoch == 0 else int(np.random.default_rng([self.seed, epoch, 1]).integers(self.block_size))
+
+    def _counts(self, epoch: int) -> np.ndarray:
+        return np.maximum(0, (self.lengths - 1 - self._offset(epoch)) // self.block_size)
+
+    def epoch_size(self, epoch: int) -> int:
+        return int(self._counts(epoch).sum())
+
+    def rows(self, epoch: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts, T = self._counts(epoch), self.block_size
+        ends = np.cumsum(counts)
+        shard = np.searchsorted(ends, ids, side="right")
+        starts = self._offset(epoch) + (ids - (ends[shard] - counts[shard])) * T
+        batch = np.stack([self.shards[s][p : p + T + 1] for s, p in zip(shard, starts)]).astype(np.int64)
+        return batch[:, :-1], batch[:, 1:]
+
+    def targets(self, epoch: int, ids: np.ndarray) -> int:
+        return len(ids) * self.block_size
+
+
+class PackedExamples:
+    """SFT rows: whole examples packed into rows in a seeded order, padded with <|endoftext|>.
+
+    Targets are the response tokens (and the <|endoftext|> after each response); prompts and
+    padding are -1. Examples longer than a row are left out (a cut-off response would teach
+    the model to stop mid-answer) and counted in `too_long`.
+    """
+
+    def __init__(self, folder: Path, split: dict, block_size: int, seed: int, eot: int):
+        tokens = load_array(folder / split["files"]["tokens"])
+        mask = load_array(folder / split["files"]["mask"])
+        offsets = load_array(folder / split["files"]["offsets"])
+        lengths = np.diff(offsets)
+        width = block_size + 1
+        order = np.random.default_rng([seed, 2]).permutation(len(lengths))
+        rows: list[list[int]] = []
+        used, self.too_long = width, 0
+        for i in order:
+            if lengths[i] > width:
+                self.too_long += 1
+                continue
+            if used + lengths[i] > width:
+                rows.append([])
+                used = 0
+            rows[-1].append(int(i))
+            used += int(lengths[i])
+        self.tokens = np.full((len(rows), width), eot, dtype=np.uint16)
+        self.mask = np.zeros((len(rows), width), dtype=bool)
+        for r, members in enumerate(rows):
+            pos = 0
+            for i in members:
+                start, end = offsets[i], offsets[i + 1]
+                self.tokens[r, pos : pos + end - start] = tokens[start:end]
+                self.mask[r, pos : pos + end - start] = mask[start:end]
+                pos += end - start
+        self.examples = sum(map(len, rows))
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.tokens)
+
+    def rows(self, epoch: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = self.tokens[ids].astype(np.int64)
+        return t[:, :-1], np.where(self.mask[ids, 1:], t[:, 1:], IGNORE)
+
+    def targets(self, epoch: int, ids: np.ndarray) -> int:
+        return int(self.mask[ids, 1:].sum())
+
+
+def open_rows(folder: Path, manifest: dict, split: str, block_size: int, seed: int):
+    info = manifest["splits"].get(split)
+    if info is None:
+        raise GptuiError(f"{folder}: no {split!r} split")
+    if manifest["kind"] == PRETRAIN:
+        return TokenWindows([load_array(folder / s["file"]) for s in info["shards"]], block_size, seed)
+    return PackedExamples(folder, info, block_size, seed, manifest["eot_token"])
+
+
+class Sampler:
+    """Global sample g of step s is row perm_e[g - start_e] of the epoch e that g falls in.
+
+    A step reads micro_batch * accum * world consecutive samples; micro-step m on rank r reads
+    the slice starting at (m * world + r) * micro_batch. The union over ranks and micro-steps
+    is the same for any world size with the same global batch, which makes DDP runs match
+    single-process ones.
+    """
+
+    def __init__(self, rows, seed: int, micro_batch: int, accum: int, world: int):
+        self.rows, self.seed = rows, seed
+        self.micro_batch, self.accum, self.world = micro_batch, accum, world
+        self.per_step = micro_batch * accum * world
+        self._epoch_starts = [0]
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.rows.epoch_size(epoch))
+        return self._perms[epoch]
+
+    def _locate(self, g: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(epoch, row ids) groups for global sample indices g (ascending)."""
+        while self._epoch_starts[-1] <= g[-1]:
+            size = self.rows.epoch_size(len(self._epoch_starts) - 1)
+            if size == 0:
+                raise GptuiError("the training split has no complete rows; prepare more data")
+            self._epoch_starts.append(self._epoch_starts[-1] + size)
+        starts = np.array(self._epoch_starts)
+        epochs = np.searchsorted(starts, g, side="right") - 1
+        groups = []
+        for epoch in np.unique(epochs):
+            local = g[epochs == epoch] - starts[epoch]
+            groups.append((int(epoch), self._perm(int(epoch))[local]))
+        return groups
+
+    def micro_batch_rows(self, step: int, micro: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        first = step * self.per_step + (micro * self.world + rank) * self.micro_batch
+        parts = [self.rows.rows(e, ids) for e, ids in self._locate(np.arange(first, first + self.micro_batch))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def step_targets(self, step: int) -> int:
+        """Targets in the whole step, over all ranks: the loss is their mean."""
+        g = np.arange(step * self.per_step, (step + 1) * self.per_step)
+        return sum(self.rows.targets(e, ids) for e, ids in self._locate(g))
+
+    def epochs(self, step: int) -> float:
+        """About how many passes over the data `step` steps make (for people reading the logs)."""
+        return step * self.per_step / max(1, self.rows.epoch_size(0))
+
+
+def eval_row_ids(rows, max_rows: int, rank: int, world: int) -> np.ndarray:
+    """A fixed, evenly spread set of validation rows (epoch 0, unshuffled), this rank's share."""
+    n = rows.epoch_size(0)
+    ids = np.unique(np.linspace(0, n - 1, num=min(n, max_rows)).astype(np.int64)) if n else np.array([], np.int64)
+    return ids[rank::world]
+
+
+def to_device(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pinned host memory and a non-blocking copy, so the GPU never waits on the transfer."""
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if device.type == "cuda":
+        return xt.pin_memory().to(device, non_blocking=True), yt.pin_memory().to(device, non_blocking=True)
+    return xt, yt

@@ -1,0 +1,92 @@
+"""Next-token loss: the plain form, and a chunked linear + cross-entropy that never holds all logits.
+
+Both return the *sum* of per-token losses over targets >= 0 (-1 marks positions that are not
+trained on: SFT prompts and padding). The trainer divides by the number of targets in the whole
+optimizer step, so micro-batches and DDP ranks add up to one mean no matter how they are cut.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..core.model import GPT
+
+IGNORE = -1
+CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss: 4096 x 50304 fp32 = 0.8 GB
+
+
+def hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The final-layer-norm output (B, T, C): GPT.forward without the output head."""
+    T = idx.size(1)
+    positions = torch.arange(T, device=idx.device)
+    x = model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(positions))  # (B, T, C)
+    for block in model.transformer.h:
+        x = block(x)
+    return model.transformer.ln_f(x)
+
+
+def plain_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logits for every position, then cross-entropy in fp32. Compiled, inductor fuses the upcast."""
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """Loss sum over one chunk of rows and d(loss)/d(logits), without keeping the logits."""
+    logits = (h @ weight.t()).float()  # (n, V)
+    valid = targets != IGNORE
+    safe = targets.clamp(min=0)
+    lse = torch.logsumexp(logits, dim=-1)  # (n,)
+    loss = ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+    grad = torch.exp(logits - lse[:, None])  # softmax
+    grad = grad - F.one_hot(safe, logits.size(1)).to(grad.dtype)
+    grad = grad * valid[:, None]
+    return loss, grad.to(h.dtype)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """cross_entropy(h @ weight.T, targets, reduction="sum"), computing gradients chunk by chunk
+    in the forward pass so that no (rows, vocab) tensor outlives its chunk."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk_fn, chunk_rows):
+        device = h.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        w = weight.to(compute)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.size(0), chunk_rows):
+            hc = h[start : start + chunk_rows].to(compute)
+            chunk_loss, grad_logits = chunk_fn(hc, w, targets[start : start + chunk_rows])
+            loss += chunk_loss
+            grad_h[start : start + chunk_rows] = grad_logits @ w
+            grad_w += (grad_logits.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+
+
+class LossFunction:
+    """model, x, y -> summed loss; `kind` picks plain or chunked, `compile` wraps the heavy parts."""
+
+    def __init__(self, kind: str = "plain", compile: bool = False, chunk_rows: int = CHUNK_ROWS):
+        if kind not in ("plain", "chunked"):
+            raise ValueError(f"unknown loss kind {kind!r}")
+        self.kind = kind
+        self.chunk_rows = chunk_rows
+        wrap = torch.compile if compile else (lambda fn: fn)
+        self._plain = wrap(plain_loss)
+        self._hidden = wrap(hidden_states)
+        self._chunk = wrap(_chunk_loss_and_grad)
+
+    def __call__(self, model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "plain":
+            return self._plain(model, x, y)
+        h = self._hidden(model, x).flatten(0, 1)  # (B*T, C)
+        return _ChunkedLinearCrossEntropy.apply(h, model.lm_head.weight, y.flatten(), self._chunk, self.chunk_rows)

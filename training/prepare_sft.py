@@ -1,0 +1,214 @@
+"""`prepare --hf` and `prepare --mine`: instruction data in python-codes-25k's schema, tokenised for SFT.
+
+Each example becomes prompt tokens (core.prompt's template) followed by response tokens and
+<|endoftext|>. Per split the folder holds one token array, a parallel loss mask (1 where the
+token is part of the response and so is a training target) and document offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..core import __version__
+from ..core.errors import GptuiError
+from ..core.prompt import format_example
+from ..core.tokenizer import encode, get_encoding
+from .mine import mine_files
+from .shards import SFT, TOKEN_DTYPE, check_output, read_manifest, save_array, staged_folder, write_manifest
+from .sources import find_python_files
+
+
+REQUIRED_COLUMNS = ("instruction", "output")
+SCHEMA = "instruction, input, output (text optional)"
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+PIPELINE_VERSION = 1
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def load_instructions(source: str, cache: Path):
+    """A datasets.Dataset from a hub name or a local JSON/JSONL/Parquet file, columns checked."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            builder = LOCAL_FORMATS.get(path.suffix.lower())
+            if builder is None:
+                raise GptuiError(f"{path}: unsupported file type (use .json, .jsonl or .parquet)")
+            if path.stat().st_size == 0:
+                raise GptuiError(f"{path}: empty file")
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache))
+        elif path.exists() or path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/", "~")):
+            raise GptuiError(f"{path}: no such file")
+        else:
+            ds = datasets.load_dataset(source, split="train", cache_dir=str(cache))
+    except GptuiError:
+        raise
+    except Exception as e:  # datasets raises many types (network, parsing, missing dataset)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GptuiError(f"cannot load {source}: {first}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        found = ", ".join(ds.column_names) or "none"
+        raise GptuiError(f"{source}: missing column(s) {', '.join(missing)} (found: {found}; expected {SCHEMA})")
+    if len(ds) == 0:
+        raise GptuiError(f"{source}: no examples")
+    return ds
+
+
+def _tokenise_examples(batch: dict, encoding: str) -> dict:
+    """datasets.map worker: (instruction, input, output) -> prompt ids, response ids + <|endoftext|>."""
+    enc = get_encoding(encoding)
+    n = len(batch["instruction"])
+    inputs = batch.get("input") or [""] * n
+    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "key": []}
+    for instruction, input_, output in zip(batch["instruction"], inputs, batch["output"]):
+        instruction, input_, output = instruction or "", input_ or "", output or ""
+        if not instruction.strip() or not output.strip():
+            prompt_ids, response_ids = [], []  # marked empty; counted and dropped by the caller
+        else:
+            prompt, response = format_example(instruction, input_, output)
+            prompt_ids, response_ids = encode(enc, prompt), encode(enc, response) + [enc.eot_token]
+        out["prompt_ids"].append(np.asarray(prompt_ids, dtype=TOKEN_DTYPE))
+        out["response_ids"].append(np.asarray(response_ids, dtype=TOKEN_DTYPE))
+        out["key"].append(hashlib.sha256(f"{instruction}\0{input_}\0{output}".encode()).hexdigest()[:32])
+    return out
+
+
+def _split(groups: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The groups (source files, or single examples) that go to validation."""
+    unique = sorted(set(groups))
+    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
+    n_val = int(round(val_fraction * len(order)))
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return set(order[:n_val])
+
+
+def _write_split(folder: Path, name: str, prompts: list, responses: list) -> dict:
+    lengths = np.array([len(p) + len(r) for p, r in zip(prompts, responses)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens = np.empty(int(offsets[-1]), dtype=TOKEN_DTYPE)
+    mask = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    for start, p, r in zip(offsets[:-1], prompts, responses):
+        tokens[start : start + len(p)] = p
+        tokens[start + len(p) : start + len(p) + len(r)] = r
+        mask[start + len(p) : start + len(p) + len(r)] = 1
+    files = {k: f"{name}.{k}.npy" for k in ("tokens", "mask", "offsets")}
+    save_array(folder / files["tokens"], tokens)
+    save_array(folder / files["mask"], mask)
+    save_array(folder / files["offsets"], offsets)
+    return {
+        "examples": len(lengths),
+        "tokens": int(offsets[-1]),
+        "response_tokens": int(mask.sum()),
+        "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
+        "files": files,
+    }
+
+
+def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float, seed: int, num_proc: int,
+                force: bool, extra_files: dict[str, Path] | None = None) -> tuple[dict, bool]:
+    """Tokenise an instruction dataset into `out`. Returns (manifest, reused)."""
+    started = time.time()
+    enc = get_encoding(encoding)
+    key = _hash(PIPELINE_VERSION, ds._fingerprint, encoding)
+    out_key = _hash(key, val_fraction, seed)
+    if check_output(out, out_key, force):
+        return read_manifest(out, SFT), True
+    num_proc = max(1, min(num_proc, len(ds) // 2000))
+    tokenised = ds.map(
+        _tokenise_examples,
+        batched=True,
+        num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"encoding": encoding},
+        remove_columns=[c for c in ds.column_names if c != "source_file"],
+        new_fingerprint=key[:32],
+        desc="tokenising",
+    )
+    columns = tokenised.data.table.to_pydict()  # instruction data is small: tens of MB of ids
+    skipped: Counter = Counter()
+    seen: set[str] = set()
+    kept = []
+    for i, (p, r, k) in enumerate(zip(columns["prompt_ids"], columns["response_ids"], columns["key"])):
+        if not r:
+            skipped["empty"] += 1
+        elif k in seen:
+            skipped["duplicate"] += 1
+        else:
+            seen.add(k)
+            kept.append(i)
+    if not kept:
+        raise GptuiError(f"{source.get('name') or source.get('roots')}: no usable examples ({dict(skipped)})")
+    # Mined pairs split by source file, so a class and its own methods never straddle the split.
+    by_file = "source_file" in columns
+    groups = [columns["source_file"][i] if by_file else columns["key"][i] for i in kept]
+    val_groups = _split(groups, val_fraction, seed)
+    with staged_folder(out) as tmp:
+        splits = {}
+        for name, in_val in (("train", False), ("val", True)):
+            rows = [i for i, g in zip(kept, groups) if (g in val_groups) == in_val]
+            splits[name] = _write_split(tmp, name, [columns["prompt_ids"][i] for i in rows],
+                                        [columns["response_ids"][i] for i in rows])
+        for name, path in (extra_files or {}).items():
+            (tmp / name).write_bytes(path.read_bytes())
+        manifest = {
+            "kind": SFT,
+            "fingerprint": out_key,
+            "source": source,
+            "encoding": encoding,
+            "vocab_size": enc.n_vocab,
+            "eot_token": enc.eot_token,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "split_by": "source_file" if by_file else "example",
+            "examples_found": len(ds),
+            "splits": splits,
+            "skipped": dict(sorted(skipped.items())),
+            "gptui_version": __version__,
+            "seconds": round(time.time() - started, 1),
+        }
+        write_manifest(tmp, manifest)
+    return manifest, False
+
+
+def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes: int) -> tuple[Path, int]:
+    """Mine docstring pairs from every .py file under roots into a cached JSONL file; (path, files read)."""
+    import datasets
+
+    roots = [Path(r).resolve() for r in roots]
+    candidates = find_python_files(roots)
+    if not candidates:
+        raise GptuiError(f"no .py files under {', '.join(map(str, roots))}")
+    key = _hash(PIPELINE_VERSION, max_file_bytes, [str(r) for r in roots],
+                [(c.root, c.path, c.size, c.mtime_ns) for c in candidates])
+    cache.mkdir(parents=True, exist_ok=True)
+    jsonl = cache / f"mined-{key[:24]}.jsonl"
+    if not jsonl.exists():
+        files = datasets.Dataset.from_dict({"root": [c.root for c in candidates], "path": [c.path for c in candidates]})
+        num_proc = max(1, min(num_proc, len(candidates) // 100))
+        pairs = files.map(
+            mine_files,
+            batched=True,
+            batch_size=32,
+            num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"roots": [str(r) for r in roots], "max_file_bytes": max_file_bytes},
+            remove_columns=["root", "path"],
+            new_fingerprint=key[:32],
+            desc="mining docstrings",
+        )
+        if len(pairs) == 0:
+            raise GptuiError(f"no documented functions or classes under {', '.join(map(str, roots))}")
+        partial = jsonl.with_suffix(".partial")
+        pairs.to_json(str(partial), lines=True, force_ascii=False)
+        partial.replace(jsonl)
+    return jsonl, len(candidates)
