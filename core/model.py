@@ -133,7 +133,7 @@ class GPT(nn.Module):
     def setup_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> None:
         """Allocate a KV cache per layer; forward(idx, pos) then reads and extends it."""
         max_len = max_len or self.config.block_size
-        ref = self.transformer.wte.weight
+        ref = self.transformer.wpe.weight  # never quantized, unlike wte (torch-int8 replaces it)
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(
                 batch, self.config.n_head, max_len, self.config.head_dim,

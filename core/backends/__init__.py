@@ -11,6 +11,9 @@ from .base import Backend
 # name -> (module, class); modules import lazily so onnxruntime or CUDA are only needed when used.
 BACKENDS: dict[str, tuple[str, str]] = {
     "torch-fp32": ("torch_backend", "TorchBackend"),
+    "torch-int8": ("torch_int8", "TorchInt8Backend"),
+    "onnx-fp32": ("onnx_backend", "OnnxFp32Backend"),
+    "onnx-int8": ("onnx_backend", "OnnxInt8Backend"),
 }
 
 

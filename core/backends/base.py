@@ -30,6 +30,19 @@ class Backend(ABC):
         """Forget the sequence (prefill also does this)."""
         self.position = 0
 
+    def logits_all(self, ids: list[int]) -> torch.Tensor:
+        """Logits after every token of ids, (len(ids), V): what a loss needs. Leaves ids in the cache.
+
+        This fallback feeds one token at a time; backends override it with one forward pass.
+        """
+        rows = [self.prefill(ids[:1])] + [self.decode(token) for token in ids[1:]]
+        return torch.stack(rows)
+
+    @classmethod
+    def status(cls, folder) -> str:
+        """'ready', 'builds on first use', or why this backend cannot run the model here."""
+        return "ready"
+
     @property
     @abstractmethod
     def nbytes(self) -> int:
