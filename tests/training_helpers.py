@@ -10,6 +10,7 @@ import json
 import sysconfig
 from pathlib import Path
 
+import pytest
 import torch
 
 from gptui.core.checkpoint import save_checkpoint
@@ -23,6 +24,15 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CORPUS = STDLIB / "json"
 
 _built: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine mostly wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 BASE_EXAMPLES = [
     {"instruction": "Write a function that adds two numbers.", "input": "",
@@ -79,8 +89,8 @@ def tiny_checkpoint(factory, seed: int = 0) -> Path:
 
 def train_args(data: Path, out: Path, steps: int = 20, **extra) -> list[str]:
     """CLI arguments for a fast CPU run of the tiny preset."""
-    args = ["--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-tokens", "256",
-            "--micro-batch", "2", "--lr", "3e-3", "--warmup", "3", "--eval-every", "10", "--eval-tokens", "512",
+    args = ["--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-tokens", "128",
+            "--micro-batch", "1", "--lr", "3e-3", "--warmup", "3", "--eval-every", "10", "--eval-tokens", "512",
             "--save-every", "10", "--device", "cpu"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]

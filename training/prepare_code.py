@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..core import __version__
 from ..core.errors import GptuiError
@@ -89,8 +91,6 @@ def _split(kept: list[int], shas: list[str], val_fraction: float, seed: int) -> 
 
 def _write_split(folder: Path, name: str, ids_column, rows: list[int], eot: int, shard_tokens: int) -> list[dict]:
     """Concatenate the rows' tokens with <|endoftext|> after each; write shards cut at document ends."""
-    import pyarrow as pa
-
     if not rows:
         return []
     lists = ids_column.take(pa.array(rows, type=pa.int64())).combine_chunks()
@@ -141,7 +141,7 @@ def prepare_code(
     ds = _tokenised(candidates, roots, encoding, max_file_bytes, num_proc, cache or cache_dir() / "prepare", tokens_key)
     table = ds.data.table
     meta = table.select(["reason", "sha256", "n_bytes"]).to_pydict()
-    n_tokens = table.column("ids").combine_chunks().value_lengths().to_numpy()
+    n_tokens = pc.list_value_length(table.column("ids")).to_numpy()
 
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = defaultdict(list)

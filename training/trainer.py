@@ -110,7 +110,7 @@ class TrainingModule(nn.Module):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: distributed.Dist, resume: bool = False,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[["Trainer"], None] | None = None):
         self.cfg, self.d, self.on_step = cfg, d, on_step
         self.out, self.data_dir = Path(cfg.out), Path(cfg.data)
         self.manifest = read_manifest(self.data_dir, PRETRAIN if cfg.task == "pretrain" else SFT)
@@ -337,7 +337,7 @@ class Trainer:
                     self.tokens_seen += tokens_per_step
                     bar.update(1)
                     if self.on_step:
-                        self.on_step(self.step)
+                        self.on_step(self)
                     stopping = self._agree_stop(stop.signum)
                     last = self.step == cfg.steps
                     do_eval = self.step % cfg.eval_every == 0 or last
@@ -388,7 +388,8 @@ class Trainer:
                 f"stopped without saving; {kept}")
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, on_step: Callable[[int], None] | None = None) -> int:
+def run_training(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Trainer], None] | None = None) -> int:
+    """Train as cfg says; the exit code (0, or 128 + signal). on_step(trainer) runs after every step (tests)."""
     d = distributed.setup(cfg.device)
     try:
         return Trainer(cfg, d, resume, on_step).run()

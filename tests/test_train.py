@@ -1,0 +1,231 @@
+"""Pretraining on CPU with the tiny preset: learning, exact resume, signals, NaN, atomic checkpoints,
+and every bad input the issue lists (CliRunner, plus real processes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from test_prepare import one_error
+from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from training_helpers import CORPUS, prepared_code, prepared_sft, tiny_checkpoint, train_args
+
+from gptui.core.checkpoint import load_model, load_state_dict
+from gptui.core.errors import GptuiError
+from gptui.training import checkpointing
+from gptui.training.cli import main
+from gptui.training.optim import get_lr
+from gptui.training.trainer import TrainConfig, run_training
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared_code(tmp_path_factory)
+
+
+def config(data, out, **overrides) -> TrainConfig:
+    base = dict(task="pretrain", data=str(data), out=str(out), preset="tiny", steps=20, batch_tokens=128,
+                micro_batch=1, lr=3e-3, warmup=3, eval_every=10, eval_tokens=512, save_every=10, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def pretrain(*args):
+    return CliRunner().invoke(main, ["pretrain", *map(str, args)])
+
+
+def test_get_lr_warms_up_then_decays_to_min():
+    lrs = [get_lr(s, 100, 1.0, 0.1, 10) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[100] == pytest.approx(0.1)
+
+
+def test_chunked_loss_matches_plain_loss_and_gradients():
+    from gptui.core.config import preset
+    from gptui.core.model import GPT
+    from gptui.training.loss import LossFunction
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=500))
+    x, y = torch.randint(0, 500, (3, 64)), torch.randint(0, 500, (3, 64))
+    y[0, :20] = -1  # positions that are not trained on
+    results = []
+    for kind in ("plain", "chunked"):
+        model.zero_grad()
+        loss = LossFunction(kind, chunk_rows=50)(model, x, y)
+        (loss * 0.5).backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, plain)
+    for name in plain_grads:
+        torch.testing.assert_close(chunked_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_loss_falls_on_real_code(data, tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(*train_args(data, out, steps=30, preset="tiny", lr="1e-2"))
+    assert result.exit_code == 0, result.output
+    rows = metrics(out)
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    uniform = math.log(50304)  # the loss of a model that knows nothing
+    assert rows[0]["loss"] > uniform - 0.5
+    assert len(val) == 3 and val[-1] < val[0] < uniform - 2
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_gb"} <= set(rows[0])
+    model, encoding = load_model(out / "latest")
+    assert encoding == "gpt2-code" and model.config.n_layer == 2
+    card = json.loads((out / "best" / "card.json").read_text())
+    assert card["training"]["val_loss"] == pytest.approx(min(val))
+
+
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data, tmp_path):
+    steps = dict(steps=80, eval_every=40, save_every=80)
+    assert run_training(config(data, tmp_path / "straight", **steps)) == 0
+
+    def stop_at_40(trainer):
+        if trainer.step == 40:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-run, like a scheduler's SIGTERM
+
+    assert run_training(config(data, tmp_path / "split", **steps), on_step=stop_at_40) == 143
+    assert metrics(tmp_path / "split")[-1]["step"] == 40
+    assert run_training(config(data, tmp_path / "split", **steps), resume=True) == 0
+
+    straight, split = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    assert [r["step"] for r in split] == list(range(1, 81))
+    assert split[-1]["loss"] == straight[-1]["loss"] and split[-1]["val_loss"] == straight[-1]["val_loss"]
+    a, b = load_state_dict(tmp_path / "straight" / "latest"), load_state_dict(tmp_path / "split" / "latest")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_the_cli_reuses_the_run_settings(data, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain(*train_args(data, out, steps=10, preset="tiny")).exit_code == 0
+    result = pretrain("--out", out, "--resume", "--steps", "14")
+    assert result.exit_code == 0, result.output
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    assert json.loads((out / "run.json").read_text())["micro_batch"] == 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+
+    def poison(trainer):
+        if trainer.step == 5:  # after step 5; step 6 then computes a NaN loss
+            with torch.no_grad():
+                trainer.model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+
+    with pytest.raises(GptuiError, match=r"loss became nan by step 6.*last good checkpoint .*latest \(step 4\)"):
+        run_training(config(data, out, save_every=2), on_step=poison)
+    state = load_state_dict(out / "latest")
+    assert all(torch.isfinite(t).all() for t in state.values())
+    assert json.loads((out / "latest" / "card.json").read_text())["training"]["step"] == 4
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert run_training(config(data, out, steps=4, save_every=2)) == 0
+    before = load_state_dict(out / "latest")
+
+    def broken_save(obj, f):
+        f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", broken_save)
+    with pytest.raises(GptuiError, match="cannot write a checkpoint .*No space left"):
+        run_training(config(data, out, steps=8, save_every=2), resume=True)
+    after = load_state_dict(out / "latest")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert checkpointing.load_training_state(out / "latest")["step"] == 4
+    assert not list(out.glob(".latest*"))
+
+
+def test_a_kill_between_the_two_renames_is_recovered(data, tmp_path):
+    out = tmp_path / "run"
+    assert run_training(config(data, out, steps=2, save_every=2)) == 0
+    os.replace(out / "latest", out / ".latest.old")  # what a kill after the first rename leaves
+    assert checkpointing.load_training_state(out / "latest")["step"] == 2
+    load_model(out / "latest")
+
+
+def bad_input_cases(data, sft_data, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("keep me")
+    no_val = tmp_path / "no_val"
+    assert CliRunner().invoke(main, ["prepare", str(CORPUS), "--out", str(no_val), "--val-fraction", "0"]).exit_code == 0
+    return [
+        (train_args(data, existing, preset="tiny"), "already exists (pass --resume"),
+        (train_args(data, not_a_dir / "run", preset="tiny"), "cannot write"),
+        (train_args(no_val, tmp_path / "r1", preset="tiny"), "validation split is too small"),
+        (train_args(data, tmp_path / "r2", preset="tiny", batch_tokens=100), "must be a positive multiple"),
+        (train_args(sft_data, tmp_path / "r3", preset="tiny"), "holds sft data"),
+        (train_args(tmp_path, tmp_path / "r4", preset="tiny"), "not a prepared data folder"),
+        (["--out", str(tmp_path / "r5"), "--resume"], "nothing to resume"),
+        (["--out", str(tmp_path / "r6")], "--data is required"),
+        (train_args(data, tmp_path / "r7", preset="huge"), "unknown preset"),
+        (train_args(data, tmp_path / "r8", preset="tiny", encoding="gpt2"), "tokenised with gpt2-code"),
+    ]
+
+
+def test_bad_inputs_are_one_line_and_overwrite_nothing(data, tmp_path, tmp_path_factory):
+    for args, message in bad_input_cases(data, prepared_sft(tmp_path_factory), tmp_path):
+        result = pretrain(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in one_error(result.output), (message, result.output)
+    assert (tmp_path / "existing" / "keep.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "existing").iterdir()) == ["keep.txt"]
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 9))
+
+
+def test_sft_needs_init(tmp_path, tmp_path_factory):
+    sft_data = prepared_sft(tmp_path_factory)
+    result = CliRunner().invoke(main, ["sft", *train_args(sft_data, tmp_path / "run")])
+    assert result.exit_code == 1 and "--init CHECKPOINT" in one_error(result.output)
+    model = tiny_checkpoint(tmp_path_factory)
+    code_data = prepared_code(tmp_path_factory)
+    result = CliRunner().invoke(main, ["sft", *train_args(code_data, tmp_path / "run", init=model)])
+    assert result.exit_code == 1 and "holds pretrain data" in one_error(result.output)
+
+
+def test_real_process_ctrl_c_saves_and_exits_130_then_resumes(data, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "gptui.training", "pretrain", *train_args(data, out, steps=100000, preset="tiny",
+                                                                                 save_every=100000)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopped at step" in stderr
+    step = checkpointing.load_training_state(out / "latest")["step"]
+    assert step == metrics(out)[-1]["step"] >= 1
+    resumed = pretrain("--out", out, "--resume", "--steps", str(step + 2))
+    assert resumed.exit_code == 0, resumed.output
+    assert metrics(out)[-1]["step"] == step + 2
+
+
+def test_real_process_bad_input_is_one_line(data, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gptui.training", "pretrain",
+                           *train_args(data, tmp_path / "run", preset="tiny", batch_tokens=100)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "Error: --batch-tokens 100 must be a positive multiple of micro-batch x context x processes = 1 x 64 x 1 = 64"]
+    assert not (tmp_path / "run").exists()
