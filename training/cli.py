@@ -65,6 +65,9 @@ from .commands import evaluate, prepare, pretrain, sft  # noqa: E402  (they use 
 for _command in (prepare, pretrain, sft, evaluate):
     main.add_command(_command)
 
+from .export import export  # noqa: E402
+main.add_command(export)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

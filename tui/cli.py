@@ -127,5 +127,10 @@ def tokenize(files, encoding, count):
     show_tokens(files or ("-",), encoding, count, sys.stdout)
 
 
+from .bench import bench  # noqa: E402  (it uses fail_cleanly from above)
+
+main.add_command(bench)
+
+
 if __name__ == "__main__":
     main()

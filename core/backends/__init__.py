@@ -14,6 +14,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch-int8": ("torch_int8", "TorchInt8Backend"),
     "onnx-fp32": ("onnx_backend", "OnnxFp32Backend"),
     "onnx-int8": ("onnx_backend", "OnnxInt8Backend"),
+    "cuda": ("cuda_backend", "CudaBackend"),
+    "auto": ("auto", "AutoBackend"),  # cuda on a GPU, torch-fp32 otherwise
 }
 
 

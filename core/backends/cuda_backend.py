@@ -1,0 +1,135 @@
+"""cuda: bf16 weights on an NVIDIA GPU, a static KV cache, and the decode step as one CUDA graph.
+
+At batch 1 a decode step is ~200 small kernels; launched one by one from Python, the GPU waits
+on the CPU. Captured once in a CUDA graph, the whole step is replayed with one launch. Capture
+needs every shape and address fixed, so the step here differs from GPT.forward in one place:
+attention always reads the whole cache (block_size keys) under a mask of the positions written
+so far, and the new key/value land at a position held in a tensor (index_copy_) rather than a
+Python int. Prefill keeps the model's ordinary forward (variable length, flash attention); both
+write the same cache buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_model
+from ..errors import GptuiError
+from ..model import GPT
+from .base import Backend
+
+MODES = ("graph", "compile", "eager")  # CUDA graph by hand, torch.compile(reduce-overhead), neither
+
+
+class StaticDecoder:
+    """One-token forward with fixed shapes: token (1, 1) and position (1,) are device tensors."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        cfg = model.config
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        device = model.transformer.wpe.weight.device
+        self.key_positions = torch.arange(cfg.block_size, device=device)
+
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Logits (1, 1, V) after `token` at `position`; writes its key/value into the cache."""
+        t = self.model.transformer
+        x = t.wte(token) + t.wpe(position)  # (1, 1, C)
+        mask = (self.key_positions <= position)[None, None, None, :]  # (1, 1, 1, L): keys written so far
+        for block in t.h:
+            attn, cache = block.attn, block.attn.kv_cache
+            q, k, v = attn.c_attn(block.ln_1(x)).split(attn.n_embd, dim=2)
+            q = q.view(1, 1, self.n_head, self.head_dim).transpose(1, 2)  # (1, nh, 1, hs)
+            cache.k.index_copy_(2, position, k.view(1, 1, self.n_head, self.head_dim).transpose(1, 2))
+            cache.v.index_copy_(2, position, v.view(1, 1, self.n_head, self.head_dim).transpose(1, 2))
+            y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask)  # (1, nh, 1, hs)
+            x = x + attn.c_proj(y.transpose(1, 2).reshape(1, 1, attn.n_embd))
+            x = x + block.mlp(block.ln_2(x))
+        return self.model.lm_head(t.ln_f(x)).float()  # (1, 1, V)
+
+
+class CudaBackend(Backend):
+    def __init__(self, model: GPT, name: str = "cuda", device: str | torch.device = "cuda",
+                 dtype: torch.dtype = torch.bfloat16, mode: str = "graph"):
+        if mode not in MODES:
+            raise GptuiError(f"unknown cuda mode {mode!r}; choose from {', '.join(MODES)}")
+        self.name = name
+        self.device = torch.device(device)
+        self.mode = mode
+        self.block_size = model.config.block_size
+        self.position = 0
+        with torch.inference_mode():
+            self.model = model.to(device=self.device, dtype=dtype).eval()
+            self.model.setup_cache(batch=1, device=self.device, dtype=dtype)
+            self.decoder = StaticDecoder(self.model)
+            self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.step = self.decoder.step
+        self.graph = None
+        if mode == "compile":
+            self.step = torch.compile(self.decoder.step, mode="reduce-overhead", fullgraph=True)
+        elif mode == "graph":
+            self._capture()
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        """Warm up on a side stream (cuBLAS picks its kernels), then record one decode step.
+
+        The warm-up writes junk at cache position 0; every sequence starts with a prefill that
+        overwrites it.
+        """
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.decoder.step(self.token, self.pos)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_logits = self.decoder.step(self.token, self.pos)
+
+    @classmethod
+    def load(cls, folder, name: str = "cuda", mode: str = "graph", **_) -> "CudaBackend":
+        reason = cls.status(folder)
+        if reason != "ready":
+            raise GptuiError(f"the cuda backend {reason}; use onnx-int8 or torch-fp32 on this machine")
+        model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(model, name=name, device="cuda", dtype=dtype, mode=mode)
+
+    @classmethod
+    def status(cls, folder) -> str:
+        if not torch.cuda.is_available():
+            return "needs an NVIDIA GPU with CUDA (none found)"
+        return "ready"
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(idx, pos=0, last_only=True)
+        self.position = len(ids)
+        return logits[0, -1].float().cpu()
+
+    @torch.inference_mode()
+    def decode(self, token: int) -> torch.Tensor:
+        self.token.fill_(token)
+        self.pos.fill_(self.position)
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.static_logits
+        else:
+            logits = self.step(self.token, self.pos)
+        self.position += 1
+        return logits[0, -1].cpu()
+
+    @torch.inference_mode()
+    def logits_all(self, ids: list[int]) -> torch.Tensor:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(idx, pos=0)
+        self.position = len(ids)
+        return logits[0].float().cpu()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())

@@ -1,0 +1,163 @@
+"""Measurements shared by `gptui bench` and the scripts in bench/: speed, loss, and the peers.
+
+Every speed figure is batch 1 and greedy: time to first token (prefill of the prompt plus
+choosing the first token) and decode tokens/s (tokens after the first, over the time they
+took), the median of several runs after a warm-up. Ours go through core.generate, the same loop
+the app uses; Hugging Face generate and CTranslate2 are timed with a callback on every token.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .backends.base import Backend
+from .errors import GptuiError
+from .generate import DoneEvent, generate
+from .sampling import SamplingParams
+from .tokenizer import encode_document, get_encoding
+
+
+@dataclass
+class Speed:
+    ttft_s: float  # median time to first token
+    decode_tps: float  # median decode tokens/s
+    runs: int
+
+    def as_dict(self) -> dict:
+        return {"ttft_ms": round(self.ttft_s * 1000, 2), "decode_tokens_per_s": round(self.decode_tps, 1),
+                "runs": self.runs}
+
+
+def _median_speed(samples: list[tuple[float, float]]) -> Speed:
+    return Speed(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), len(samples))
+
+
+def stdlib_dir() -> Path:
+    """The Python standard library's own source: code every machine with Python has."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def code_tokens(roots: list[Path], encoding: str, max_tokens: int) -> list[int]:
+    """Tokens of the .py files under roots (sorted paths, each file + <|endoftext|>), up to max_tokens."""
+    enc = get_encoding(encoding)
+    ids: list[int] = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise GptuiError(f"{root}: no such file or directory")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*.py") if "test" not in p.parts)
+        for path in files:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            ids.extend(encode_document(enc, text))
+            if len(ids) >= max_tokens:
+                return ids[:max_tokens]
+    if not ids:
+        raise GptuiError(f"no readable .py files under {', '.join(map(str, roots))}")
+    return ids
+
+
+def windows(ids: list[int], block_size: int) -> list[list[int]]:
+    """Consecutive windows of block_size + 1 tokens: the model sees all but the last, predicts all but the first."""
+    return [ids[i : i + block_size + 1] for i in range(0, len(ids) - 1, block_size) if len(ids[i : i + block_size + 1]) > 1]
+
+
+def validation_loss(backend: Backend, token_windows: list[list[int]]) -> tuple[float, int]:
+    """(mean cross-entropy per predicted token in nats, tokens predicted) through the backend's logits_all."""
+    total, count = 0.0, 0
+    for w in token_windows:
+        logits = backend.logits_all(w[:-1]).float()
+        total += F.cross_entropy(logits, torch.tensor(w[1:]), reduction="sum").item()
+        count += len(w) - 1
+    return total / count, count
+
+
+def hf_validation_loss(model, token_windows: list[list[int]]) -> tuple[float, int]:
+    """validation_loss for a Hugging Face causal LM, on the same windows."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for w in token_windows:
+            logits = model(torch.tensor([w[:-1]])).logits[0].float()
+            total += F.cross_entropy(logits, torch.tensor(w[1:]), reduction="sum").item()
+            count += len(w) - 1
+    return total / count, count
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def measure_backend(backend: Backend, encoding, prompt: list[int], new_tokens: int = 256, runs: int = 5,
+                    warmup: int = 1) -> Speed:
+    """TTFT and decode tokens/s of one of our backends through the sampling loop (greedy, no EOS stop)."""
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens + 1)
+    samples = []
+    for i in range(warmup + runs):
+        done = None
+        for event in generate(backend, encoding, prompt, params, stop_at_eos=False):
+            if isinstance(event, DoneEvent):
+                done = event
+        if i >= warmup:
+            samples.append((done.time_to_first_token, done.decode_tokens_per_s))
+    return _median_speed(samples)
+
+
+def measure_hf(model, prompt: list[int], new_tokens: int = 256, runs: int = 5, warmup: int = 1) -> Speed:
+    """Hugging Face generate(use_cache=True), greedy, timed per token with a streamer."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())  # the first put is the prompt itself
+
+        def end(self):
+            pass
+
+    ids = torch.tensor([prompt])
+    samples = []
+    for i in range(warmup + runs):
+        clock = Clock()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens + 1,
+                           min_new_tokens=new_tokens + 1, do_sample=False, use_cache=True, pad_token_id=0,
+                           streamer=clock)
+        tokens = clock.times[1:]
+        if i >= warmup:
+            samples.append((tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])))
+    return _median_speed(samples)
+
+
+def ct2_generator(hf_dir: Path, out: Path, threads: int):
+    """A CTranslate2 int8 generator for the Hugging Face copy in hf_dir (converted once into out)."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    if not (out / "model.bin").is_file():
+        TransformersConverter(str(hf_dir)).convert(str(out), quantization="int8", force=True)
+    return ctranslate2.Generator(str(out), device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1)
+
+
+def measure_ct2(generator, prompt_tokens: list[str], new_tokens: int = 256, runs: int = 5, warmup: int = 1) -> Speed:
+    """CTranslate2's generate_tokens, greedy, forced to new_tokens + 1 tokens."""
+    samples = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        times = [time.perf_counter() for _ in generator.generate_tokens(
+            prompt_tokens, max_length=new_tokens + 1, min_length=new_tokens + 1, sampling_topk=1, end_token=[])]
+        if i >= warmup:
+            samples.append((times[0] - start, (len(times) - 1) / (times[-1] - times[0])))
+    return _median_speed(samples)
