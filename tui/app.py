@@ -1,0 +1,496 @@
+"""The gptui app: a Python editor with ghost-text completions, an instruction chat, a live speed
+readout, and model/backend switching. `create_app` builds it for the CLI and for the tests.
+
+Every generation runs in a thread worker that holds its engine's lock (one generation per
+backend at a time), checks cancellation before each token, and posts each token as a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Footer, Input
+from textual.worker import get_current_worker
+
+from ..core.errors import GptuiError
+from ..core.generate import DoneEvent, TokenEvent, generate
+from ..core.sampling import SamplingParams
+from ..core.tokenizer import encode
+from .catalog import Catalog, Engine
+from .chat import ChatPrompt, Turn, build_prompt, extract_code
+from .completion import REASONS, BlockStopper
+from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
+from .screens.compare import CompareScreen
+from .screens.dialogs import AskPath, Confirm
+from .screens.help import HelpScreen, binding_rows
+from .screens.picker import ModelPicker, human_params
+from .screens.settings import SettingsScreen
+from .settings import Settings, load_settings, save_settings, settings_path, write_atomic
+from .widgets.chat import Answer, ChatPane
+from .widgets.editor import GhostEditor
+from .widgets.inspector import Inspector
+from .widgets.status import BuildBar, Readout, SpeedBar
+
+DEFAULT_BACKEND = "torch-fp32"
+ALTERNATIVES = 5  # top tokens recorded per step for the look-inside view
+BATCH_SECONDS = 0.02  # workers post tokens in batches at most this far apart
+
+
+class GptuiApp(App):
+    CSS_PATH = "gptui.tcss"
+    TITLE = "gptui"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("ctrl+s", "save", "Save", id="app.save"),
+        Binding("f1", "help", "Keys", id="app.help"),
+        Binding("f2", "pick_model", "Model", id="app.model"),
+        Binding("f3", "settings", "Settings", id="app.settings"),
+        Binding("f4", "compare", "Compare", id="app.compare"),
+        Binding("f5", "toggle_inspect", "Look inside", id="app.inspect"),
+        Binding("ctrl+t", "toggle_focus", "Editor/chat", id="app.focus"),
+    ]
+
+    inspect: reactive[bool] = reactive(False)
+    """Colour generated tokens by probability and show the look-inside panel."""
+
+    modified: reactive[bool] = reactive(False)
+    """The buffer differs from what was last read from or written to its file."""
+
+    def __init__(self, *, text: str, path: Path | None, disk_hash: str | None, open_error: str | None,
+                 model: str | None, backend: str | None, catalog: Catalog, settings: Settings,
+                 config_path: Path, warnings: list[str]) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.settings = settings
+        self.config_path = config_path
+        self.path = path
+        self.disk_hash = disk_hash  # sha256 of the file as we last read or wrote it
+        self.engine: Engine | None = None
+        self._text = text
+        self._startup_notes = [(w, "warning") for w in warnings] + ([(open_error, "error")] if open_error else [])
+        self._first_model = (model or settings.model, backend or settings.backend or DEFAULT_BACKEND)
+        self._requests = itertools.count(1)
+        self.completion_request = 0  # the completion whose tokens the editor shows
+        self.chat_request = 0  # the chat answer streaming now (0: none)
+        self.chat_turn: tuple[str, str, Answer, ChatPrompt] | None = None
+        self.history: list[Turn] = []
+        self.readout = Readout()
+        self.last_seed: int | None = None
+        self._dirty = False  # streaming views need a repaint on the next tick
+        self._stale_answers: set[Answer] = set()  # chat answers whose Markdown is behind their text
+        self._saved_text = text  # the buffer as last read or written, for the modified marker
+
+    # ---- layout ----
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="editor-column"):
+                yield GhostEditor(self._text, debounce=self.settings.debounce_ms / 1000, id="editor")
+                with VerticalScroll(id="inspector-box"):
+                    yield Inspector(id="inspector")
+            yield ChatPane(id="chat")
+        yield BuildBar(id="build")
+        yield SpeedBar(id="speed")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        # Kept rather than queried: worker messages can still arrive while the app shuts down.
+        self.editor = self.query_one("#editor", GhostEditor)
+        self.chat = self.query_one("#chat", ChatPane)
+        self.speed = self.query_one("#speed", SpeedBar)
+        self.inspector = self.query_one("#inspector", Inspector)
+        self.build = self.query_one("#build", BuildBar)
+        self.set_keymap(self.settings.keys)
+        for note, severity in self._startup_notes:
+            self.tell(note, severity)
+        self._show_title()
+        self.chat.border_title = "Chat"
+        self.query_one("#inspector-box").border_title = "Look inside"
+        self.speed.show()
+        self.editor.focus()
+        self.set_interval(1 / 20, self._repaint)
+        self.load_engine(*self._first_model)
+
+    def tell(self, message: str, severity: str = "information") -> None:
+        self.notify(message, severity=severity, markup=False, timeout=6 if severity == "information" else 10)
+
+    def _show_title(self) -> None:
+        name = self.path.name if self.path else "untitled"
+        self.editor.border_title = name + (" ●" if self.modified else "")
+
+    def watch_modified(self) -> None:
+        self._show_title()
+
+    def _engine_line(self) -> Text:
+        s = self.settings
+        line = Text()
+        if self.engine is None:
+            line.append("no model loaded", style="bold red")
+            line.append(" · F2 picks one")
+            return line
+        e = self.engine
+        line.append(e.model, style="bold")
+        line.append(f" ({human_params(e.params)}) · ")
+        line.append(e.backend_name, style="bold cyan")
+        seed = s.seed if s.seed is not None else self.last_seed
+        line.append(f" · temperature {s.temperature} · top-k {s.top_k} · top-p {s.top_p} · "
+                    f"max {s.max_tokens}/{s.chat_max_tokens} tokens · seed {seed if seed is not None else 'random'}")
+        return line
+
+    def _repaint(self) -> None:
+        """Streaming views repaint on a 20 Hz tick rather than once per token."""
+        for answer in list(self._stale_answers):
+            if answer.show():
+                self._stale_answers.discard(answer)
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.speed.readout = self.readout
+        self.speed.set_engine(self._engine_line())
+        if self.chat_turn is not None:
+            self.chat.show_meter(self.chat_turn[3], self.readout.tokens)
+        self.inspector.refresh(layout=True)
+
+    # ---- models ----
+
+    @work(thread=True, exclusive=True, group="load")
+    def load_engine(self, model: str | None, backend: str, remember: bool = False) -> None:
+        self.call_from_thread(self._loading, model, backend)
+
+        def progress(fraction: float | None, text: str) -> None:
+            self.post_message(BuildProgress(fraction, text))
+
+        try:
+            engine = self.catalog.load(model, backend, progress)
+        except GptuiError as e:
+            self.post_message(ModelFailed(model, backend, str(e)))
+            return
+        except Exception as e:  # a broken model or backend must not take the app (and the buffer) down
+            self.post_message(ModelFailed(model, backend, f"{type(e).__name__}: {e}"))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(ModelLoaded(engine, remember))
+
+    def _loading(self, model: str | None, backend: str) -> None:
+        self.speed.set_engine(Text(f"loading {model or 'the default model'} on {backend}…", style="italic"))
+
+    def on_build_progress(self, message: BuildProgress) -> None:
+        self.build.add_class("-active")
+        self.build.report(message.fraction, message.text)
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.build.remove_class("-active")
+        self._stop_generations()
+        engine = message.engine
+        self.engine = engine
+        self.speed.set_engine(self._engine_line())
+        self.tell(f"{engine.model} on {engine.backend_name}: ready")
+        if message.remember:
+            self.settings.model = str(engine.folder) if engine.folder.name != engine.model else engine.model
+            self.settings.backend = engine.backend_name
+            self._save_settings()
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.build.remove_class("-active")
+        self.speed.set_engine(self._engine_line())
+        what = f"{message.model or 'default model'} on {message.backend}"
+        kept = f"; still using {self.engine.model} on {self.engine.backend_name}" if self.engine else ""
+        self.tell(f"Could not load {what}: {message.error}{kept}", "error")
+
+    def action_pick_model(self) -> None:
+        folder = self.engine.folder if self.engine else None
+        backend = self.engine.backend_name if self.engine else self._first_model[1]
+
+        def chosen(choice: tuple[str, str] | None) -> None:
+            if choice:
+                self.load_engine(choice[0], choice[1], remember=True)
+
+        self.push_screen(ModelPicker(self.catalog, folder, backend), chosen)
+
+    def _stop_generations(self) -> None:
+        self.editor.drop_ghost("model switched")
+        self.workers.cancel_group(self, "complete")
+        self.workers.cancel_group(self, "chat")
+
+    # ---- generation ----
+
+    def _seed(self) -> int:
+        self.last_seed = self.settings.seed if self.settings.seed is not None else random.randrange(2**31)
+        return self.last_seed
+
+    def _start_readout(self, kind: str, prompt_tokens: int) -> None:
+        self.readout = Readout(kind, min(prompt_tokens, self.engine.block_size), self.engine.block_size,
+                               state="waiting for first token")
+        self.inspector.start(kind, self.engine.encoding)
+        self._dirty = True
+
+    def on_ghost_editor_completion_wanted(self, message: GhostEditor.CompletionWanted) -> None:
+        if self.engine is None or self.chat_request:
+            return
+        request = next(self._requests)
+        self.completion_request = request
+        self.editor.start_ghost(request)
+        # Encoding all of a large file is wasted work: only the window's worth is used.
+        prefix = message.prefix[-self.engine.block_size * 16 :]
+        ids = encode(self.engine.encoding, prefix)
+        params = self.settings.sampling(self.settings.max_tokens, self._seed(), tuple(self.settings.stop))
+        self._start_readout("completion", len(ids))
+        self.run_generation("complete", request, self.engine, ids, params, BlockStopper(message.line_prefix))
+
+    def on_ghost_editor_ghost_dropped(self, message: GhostEditor.GhostDropped) -> None:
+        if message.request == self.completion_request:
+            self.workers.cancel_group(self, "complete")
+            self.readout.state = f"stopped: {message.reason}"
+            self._dirty = True
+
+    def run_generation(self, kind: str, request: int, engine: Engine, ids: list[int], params: SamplingParams,
+                       stop_fn=None) -> None:
+        # One exclusive group per kind: a new completion cancels the last one, not a chat answer.
+        self.run_worker(lambda: self._generate(kind, request, engine, ids, params, stop_fn), thread=True,
+                        exclusive=True, group=kind, name=f"{kind}-{request}")
+
+    def _generate(self, kind: str, request: int, engine: Engine, ids: list[int], params: SamplingParams,
+                  stop_fn) -> None:
+        worker = get_current_worker()
+        with engine.lock:  # the previous generation on this backend stops within a token
+            if worker.is_cancelled:
+                return
+            try:
+                batch, sent = [], 0.0
+                for event in generate(engine.backend, engine.encoding, ids, params,
+                                      should_cancel=lambda: worker.is_cancelled, stop_fn=stop_fn,
+                                      alternatives=ALTERNATIVES):
+                    batch.append(event)
+                    now = time.monotonic()
+                    if isinstance(event, DoneEvent) or event.index == 0 or now - sent >= BATCH_SECONDS:
+                        self.post_message(Generated(kind, request, batch))
+                        batch, sent = [], now
+            except Exception as e:  # a backend failing mid-stream: report it, keep the app
+                self.post_message(GenerationFailed(kind, request, f"{type(e).__name__}: {e}"))
+
+    def on_generated(self, message: Generated) -> None:
+        if message.request != (self.completion_request if message.kind == "complete" else self.chat_request):
+            return  # a generation that was replaced or cancelled
+        for event in message.events:
+            self._take(message.kind, message.request, event)
+        self._dirty = True
+
+    def _take(self, kind: str, request: int, event: TokenEvent | DoneEvent) -> None:
+        if isinstance(event, TokenEvent):
+            self.readout.token(event)
+            self.inspector.tokens.append(event)
+        else:
+            self.readout.done(event)
+        if kind == "complete":
+            if isinstance(event, TokenEvent):
+                self.editor.add_token(request, event)
+            else:
+                self.editor.finish_ghost(request, event)
+        elif self.chat_turn is not None:
+            answer = self.chat_turn[2]
+            if isinstance(event, TokenEvent):
+                answer.add(event.text)
+                self._stale_answers.add(answer)
+            else:
+                self._finish_chat(event)
+
+    def on_generation_failed(self, message: GenerationFailed) -> None:
+        if message.kind == "chat" and message.request == self.chat_request:
+            self.chat_request = 0
+            self.chat_turn = None
+        self.tell(f"Generation failed: {message.error}", "error")
+
+    # ---- chat ----
+
+    def on_chat_pane_ask(self, message: ChatPane.Ask) -> None:
+        if self.engine is None:
+            self.tell("No model loaded: pick one with F2", "warning")
+            return
+        self.editor.drop_ghost("chat")
+        if self.chat_turn is not None:
+            self.workers.cancel_group(self, "chat")
+            self._finish_chat(None)
+        selection = self.editor.selected_text
+        reserve = min(self.settings.chat_max_tokens, self.engine.block_size // 2)
+        prompt = build_prompt(self.engine.encoding, self.history, message.instruction, selection,
+                              self.engine.block_size, reserve)
+        answer = self.chat.new_answer(message.instruction)
+        self.chat.show_meter(prompt)
+        request = next(self._requests)
+        self.chat_request = request
+        self.chat_turn = (message.instruction, selection, answer, prompt)
+        params = self.settings.sampling(self.settings.chat_max_tokens, self._seed())
+        self._start_readout("chat", prompt.used)
+        self.run_generation("chat", request, self.engine, prompt.ids, params)
+
+    def _finish_chat(self, done: DoneEvent | None) -> None:
+        instruction, selection, answer, prompt = self.chat_turn
+        if done is not None:
+            answer.add(done.text)
+            rate = f" · {done.decode_tokens_per_s:.1f} tok/s" if done.tokens > 1 else ""
+            answer.set_stats(f"{done.tokens} tokens{rate} · stopped: {REASONS.get(done.reason, done.reason)}")
+        else:
+            answer.set_stats("stopped")
+        self._stale_answers.add(answer)
+        if answer.text.strip():
+            self.history.append(Turn(instruction, selection, answer.text))
+        self.chat.show_meter(prompt, done.tokens if done else 0)
+        self.chat_request = 0
+        self.chat_turn = None
+
+    def on_chat_pane_stop(self, message: ChatPane.Stop) -> None:
+        self.workers.cancel_group(self, "chat")
+
+    def on_chat_pane_use(self, message: ChatPane.Use) -> None:
+        if message.action == "copy":
+            self.copy_to_clipboard(message.text)
+            self.tell("Answer copied to the clipboard")
+            return
+        code = extract_code(message.text)
+        editor = self.editor
+        start, end = editor.selection
+        editor.replace(code, start, end) if start != end else editor.insert(code)
+        editor.focus()
+        self.tell(f"Inserted {code.count(chr(10))} lines into the editor")
+
+    # ---- editor and files ----
+
+    def on_text_area_changed(self, event) -> None:
+        self.modified = self.editor.text != self._saved_text
+
+    def action_save(self) -> None:
+        if self.path is None:
+            self.push_screen(AskPath("Save as:"), lambda p: p and self._save(Path(p).expanduser(), new_name=True))
+        else:
+            self._save(self.path)
+
+    def _save(self, path: Path, new_name: bool = False) -> None:
+        try:
+            on_disk = path.read_bytes() if path.exists() else None
+        except OSError as e:
+            self.tell(f"Cannot save {path}: {e.strerror or e}", "error")
+            return
+        if on_disk is not None and (new_name or _sha(on_disk) != self.disk_hash):
+            question = (f"{path} already exists. Overwrite it?" if new_name
+                        else f"{path.name} changed on disk since it was opened. Overwrite it?")
+            self.push_screen(Confirm(question, yes="Overwrite", no="Cancel"), lambda ok: ok and self._write(path))
+        else:
+            self._write(path)
+
+    def _write(self, path: Path) -> None:
+        data = self.editor.text.encode("utf-8")
+        try:
+            write_atomic(path, data)
+        except OSError as e:
+            self.tell(f"Cannot save {path}: {e.strerror or e}; the buffer is unchanged", "error")
+            return
+        self.path, self.disk_hash, self._saved_text = path, _sha(data), self.editor.text
+        self.modified = False
+        self._show_title()
+        self.tell(f"Saved {path}")
+
+    async def action_quit(self) -> None:
+        if not self.modified:
+            self.exit()
+            return
+        name = self.path.name if self.path else "the untitled buffer"
+        self.push_screen(Confirm(f"Quit without saving {name}?", yes="Quit", no="Stay"),
+                         lambda ok: ok and self.exit())
+
+    # ---- screens ----
+
+    def action_help(self) -> None:
+        areas = [("App", GptuiApp), ("Editor", GhostEditor), ("Chat", ChatPane), ("Chat input", Input),
+                 ("Look inside", Inspector), ("Model picker", ModelPicker), ("Settings", SettingsScreen),
+                 ("Compare", CompareScreen), ("Dialogs", Confirm), ("Help", HelpScreen)]
+        self.push_screen(HelpScreen(binding_rows(areas, self.settings.keys), str(self.config_path)))
+
+    def action_settings(self) -> None:
+        def saved(settings: Settings | None) -> None:
+            if settings is None:
+                return
+            self.settings = settings
+            self.editor.debounce = settings.debounce_ms / 1000
+            self._save_settings()
+            self._dirty = True
+
+        self.push_screen(SettingsScreen(self.settings, self.config_path), saved)
+
+    def _save_settings(self) -> None:
+        try:
+            save_settings(self.settings, self.config_path)
+        except GptuiError as e:
+            self.tell(f"Settings not saved: {e}", "error")
+
+    def action_compare(self) -> None:
+        if isinstance(self.screen, CompareScreen):
+            return
+        if self.engine is None:
+            self.tell("No model loaded: pick one with F2", "warning")
+            return
+        seed = self.settings.seed if self.settings.seed is not None else 0
+        params = self.settings.sampling(self.settings.max_tokens, seed)
+        prefix = self.editor.get_text_range((0, 0), self.editor.cursor_location)
+        self.editor.drop_ghost("compare")
+        self.push_screen(CompareScreen(self.catalog, str(self.engine.folder), prefix, params, self.engine.model))
+
+    def action_toggle_inspect(self) -> None:
+        self.inspect = not self.inspect
+
+    def watch_inspect(self, inspect: bool) -> None:
+        self.set_class(inspect, "-inspect")
+        self.editor.inspect = inspect
+        self.editor.refresh()
+
+    def action_toggle_focus(self) -> None:
+        if self.editor.has_focus:
+            self.query_one("#chat-input", Input).focus()
+        else:
+            self.editor.focus()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_source(path: str | Path | None) -> tuple[str, Path | None, str | None, str | None]:
+    """(text, path to save to, sha256 of the file, error). A missing file is a new file; a file
+    that cannot be read or is not UTF-8 gives an empty buffer with no path, so saving never
+    overwrites what could not be shown."""
+    if path is None:
+        return "", None, None, None
+    path = Path(path).expanduser()
+    if not path.exists():
+        return "", path, None, None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return "", None, None, f"Cannot open {path}: {e.strerror or e}"
+    try:
+        return data.decode("utf-8"), path, _sha(data), None
+    except UnicodeDecodeError as e:
+        return "", None, None, f"{path} is not UTF-8 text (byte {e.start}); opened an empty buffer instead"
+
+
+def create_app(path: str | Path | None = None, model: str | None = None, backend: str | None = None, *,
+               catalog: Catalog | None = None, config_path: Path | None = None) -> GptuiApp:
+    """The one way to build the app: the CLI passes its arguments, tests pass a fake catalog."""
+    config_path = config_path or settings_path()
+    settings, warnings = load_settings(config_path)
+    text, path, disk_hash, error = open_source(path)
+    return GptuiApp(text=text, path=path, disk_hash=disk_hash, open_error=error, model=model, backend=backend,
+                    catalog=catalog or Catalog(), settings=settings, config_path=config_path, warnings=warnings)
+
+
+def run_app(path: str | None = None, model: str | None = None, backend: str | None = None) -> None:
+    create_app(path, model, backend).run()

@@ -1,0 +1,67 @@
+"""When a code completion should stop: the end of the block it started in, or a blank line.
+
+Stop strings and max tokens are handled by the sampling loop itself (SamplingParams); this is the
+part that needs to read Python's layout. It is a `stop_fn` for `core.generate.generate`.
+"""
+
+from __future__ import annotations
+
+# Lines that continue a block at the same indentation rather than starting a new statement.
+CONTINUATIONS = ("else", "elif", "except", "finally", "case")
+
+# What the status shows for each reason generation ended.
+REASONS = {
+    "end of block": "end of block",
+    "blank line": "blank line",
+    "stop": "stop string",
+    "length": "max tokens",
+    "eos": "end of text",
+    "cancelled": "cancelled",
+}
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _continues(line: str) -> bool:
+    word = line.strip().split(maxsplit=1)[0].rstrip(":") if line.strip() else ""
+    return word in CONTINUATIONS
+
+
+class BlockStopper:
+    """stop_fn(text) -> (cut, reason) or None, for a completion typed after `line_prefix`.
+
+    `line_prefix` is the text of the cursor's line before the cursor. The first line with code
+    (the cursor's line, or the first generated line when the cursor's line is empty) sets the
+    block: a later line indented less ends it, and so does one at the same indentation when the
+    first line opened a block (`def f():` ... `def g():`). A blank line after some code ends the
+    completion too. Blank lines before any code are kept.
+    """
+
+    def __init__(self, line_prefix: str):
+        self.line_prefix = line_prefix.rsplit("\n", 1)[-1]
+
+    def __call__(self, text: str) -> tuple[int, str] | None:
+        full = self.line_prefix + text
+        offset = len(self.line_prefix)  # full[i] is text[i - offset]
+        base_indent = None
+        opens_block = False
+        position = 0  # where the current line starts in `full`
+        lines = full.split("\n")
+        for number, line in enumerate(lines):
+            complete = number < len(lines) - 1  # followed by a newline
+            start = position
+            position += len(line) + 1
+            if not line.strip():
+                if base_indent is not None and complete:
+                    return start - 1 - offset, "blank line"  # cut before the newline ending the code
+                continue
+            if base_indent is None:
+                base_indent = _indent(line)
+                opens_block = line.split("#", 1)[0].rstrip().endswith(":")
+                continue
+            indent = _indent(line)
+            if indent < base_indent or indent == base_indent and opens_block and not _continues(line):
+                return start - 1 - offset, "end of block"
+        return None
