@@ -89,10 +89,14 @@ def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repe
 def open_app(path, model, backend):
     if not sys.stdout.isatty():
         raise GptuiError("no prompt given and stdout is not a terminal: pass a prompt or pipe one on stdin")
-    try:
-        from .app import run_app
-    except ImportError:
-        raise GptuiError("the terminal app is not built yet; pass a prompt or pipe one on stdin") from None
+    from click.core import ParameterSource
+
+    from .app import run_app
+
+    # A backend left at its default defers to the one remembered from the app's model picker.
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("backend") is ParameterSource.DEFAULT:
+        backend = None
     run_app(path=path, model=model, backend=backend)
 
 
