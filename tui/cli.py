@@ -131,7 +131,7 @@ def tokenize(files, encoding, count):
     show_tokens(files or ("-",), encoding, count, sys.stdout)
 
 
-from .bench import bench  # noqa: E402  (it uses fail_cleanly from above)
+from .bench import bench  # noqa: E402
 
 main.add_command(bench)
 
