@@ -86,6 +86,7 @@ class GptuiApp(App):
         self.history: list[Turn] = []
         self.readout = Readout()
         self.last_seed: int | None = None
+        self.loading: str | None = None  # what is loading in the background, for the status line
         self._dirty = False  # streaming views need a repaint on the next tick
         self._stale_answers: set[Answer] = set()  # chat answers whose Markdown is behind their text
         self._saved_text = text  # the buffer as last read or written, for the modified marker
@@ -135,9 +136,11 @@ class GptuiApp(App):
         s = self.settings
         line = Text()
         if self.engine is None:
-            line.append("no model loaded", style="bold red")
-            line.append(" · F2 picks one")
+            line.append(self.loading or "no model loaded", style="italic" if self.loading else "bold red")
+            line.append("" if self.loading else " · F2 picks one")
             return line
+        if self.loading:  # the current model serves completions until the new one is ready
+            line.append(self.loading + " ", style="italic yellow")
         e = self.engine
         line.append(e.model, style="bold")
         line.append(f" ({human_params(e.params)}) · ")
@@ -182,13 +185,15 @@ class GptuiApp(App):
             self.post_message(ModelLoaded(engine, remember))
 
     def _loading(self, model: str | None, backend: str) -> None:
-        self.speed.set_engine(Text(f"loading {model or 'the default model'} on {backend}…", style="italic"))
+        self.loading = f"loading {model or 'the default model'} on {backend}…"
+        self.speed.set_engine(self._engine_line())
 
     def on_build_progress(self, message: BuildProgress) -> None:
         self.build.add_class("-active")
         self.build.report(message.fraction, message.text)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.loading = None
         self.build.remove_class("-active")
         self._stop_generations()
         engine = message.engine
@@ -201,6 +206,7 @@ class GptuiApp(App):
             self._save_settings()
 
     def on_model_failed(self, message: ModelFailed) -> None:
+        self.loading = None
         self.build.remove_class("-active")
         self.speed.set_engine(self._engine_line())
         what = f"{message.model or 'default model'} on {message.backend}"

@@ -24,8 +24,8 @@ from ..core.registry import ModelInfo, default_model_name, list_models, resolve
 from ..core.registry import inspect as inspect_model
 from ..core.tokenizer import get_encoding
 
-# progress(fraction or None, what is happening); fraction in [0, 1] when known.
-Progress = Callable[[float | None, str], None]
+# progress(fraction done in [0, 1], what is happening), as core.onnx_export reports a build.
+Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -66,33 +66,22 @@ class Catalog:
         return backend_registry.available_backends()
 
     def backend_status(self, model: ModelInfo, backend: str) -> str:
-        """'ready', or a short reason it is not (not installed, needs a GPU, builds on first use)."""
+        """'ready', 'builds on first use', or why the backend cannot run here (Backend.status)."""
         if not model.ok:
             return "model broken"
         try:
-            cls = _backend_class(backend)
+            return _backend_class(backend).status(model.path)
         except GptuiError as e:
             return str(e)
-        for hook in ("status", "availability", "is_ready"):
-            check = getattr(cls, hook, None)
-            if callable(check):
-                try:
-                    result = check(model.path)
-                except GptuiError as e:
-                    return str(e)
-                except Exception as e:  # a backend's own probe failing must not take the picker down
-                    return f"unavailable ({e})"
-                if isinstance(result, bool):
-                    return "ready" if result else "builds on first use"
-                return str(result)
-        return "ready"
+        except Exception as e:  # one backend's probe failing must not take the picker down
+            return f"unavailable ({type(e).__name__}: {e})"
 
     def load(self, model: str | None, backend: str, progress: Progress | None = None) -> Engine:
         folder = resolve(model)
         config, encoding_name, _ = read_config(folder)
         options = {}
         if progress is not None and _accepts(_backend_class(backend).load, "progress"):
-            options["progress"] = _adapt_progress(progress)
+            options["progress"] = progress
         loaded = backend_registry.load_backend(backend, folder, **options)
         return Engine(folder.name, folder, loaded, get_encoding(encoding_name), config.num_params())
 
@@ -114,22 +103,3 @@ def _accepts(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def _adapt_progress(progress: Progress) -> Callable:
-    """Backends report progress as (fraction), (done, total), (message) or (fraction, message)."""
-
-    def report(*args, **kwargs):
-        values = list(args) + list(kwargs.values())
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        texts = [v for v in values if isinstance(v, str)]
-        fraction = None
-        if len(numbers) >= 2 and numbers[1]:
-            fraction = numbers[0] / numbers[1]
-        elif numbers:
-            fraction = float(numbers[0])
-        if fraction is not None:
-            fraction = min(1.0, max(0.0, fraction))
-        progress(fraction, " ".join(texts) or "building")
-
-    return report

@@ -195,6 +195,15 @@ class GhostEditor(TextArea):
         prefix = self.get_text_range((0, 0), self.cursor_location)
         self.post_message(self.CompletionWanted(prefix, line[:column]))
 
+    async def _on_key(self, event) -> None:
+        if event.key == "escape":
+            # TextArea hands focus to the next widget on Esc; in a code editor Esc only dismisses
+            # (Ctrl+T moves to the chat).
+            event.stop()
+            event.prevent_default()
+            return
+        await super()._on_key(event)
+
     def _on_blur(self, event) -> None:
         self.drop_ghost("focus left")
 
