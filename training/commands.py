@@ -104,6 +104,8 @@ def _training_options(sft: bool):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--loss", type=click.Choice(["plain", "chunked"]), default="plain", show_default=True,
                      help="chunked never holds the whole (tokens x vocabulary) logits: less memory."),
+        click.option("--attention", type=click.Choice(["auto", "flash", "cudnn", "efficient"]), default="auto",
+                     show_default=True, help="Attention kernel on CUDA (auto lets PyTorch choose)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
                      help="Processes (GPUs) to launch through torchrun on this machine."),

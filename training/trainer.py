@@ -64,6 +64,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto, bf16, fp16 or fp32
     device: str = "auto"  # auto, cpu or cuda
     loss: str = "plain"  # plain (compiled cross-entropy) or chunked (never holds all logits)
+    attention: str = "auto"  # SDPA kernel on CUDA: auto (PyTorch's pick), flash, cudnn or efficient
     seed: int = 0  # initialisation, data order and dropout
     tensorboard: bool = False  # also write TensorBoard scalars under out/tensorboard
 
@@ -89,6 +90,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise GptuiError(f"unknown dtype {name!r} (auto, bf16, fp16 or fp32)")
     return DTYPES[name]
+
+
+def configure_attention(name: str) -> None:
+    """Restrict scaled_dot_product_attention to one fused kernel (math stays on as the fallback)."""
+    if name == "auto":
+        return
+    if name not in ("flash", "cudnn", "efficient"):
+        raise GptuiError(f"unknown attention kernel {name!r} (auto, flash, cudnn or efficient)")
+    torch.backends.cuda.enable_flash_sdp(name == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(name == "cudnn")
+    torch.backends.cuda.enable_mem_efficient_sdp(name == "efficient")
 
 
 def _seed_for(seed: int, rank: int, step: int) -> int:
@@ -186,15 +198,14 @@ class Trainer:
     def _setup_model(self) -> None:
         cfg, d = self.cfg, self.d
         if d.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (optimizer, norms) on tensor cores
-            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # fp32 leftovers (outside autocast) on tensor cores (TF32)
+            configure_attention(cfg.attention)
         self.model.to(d.device).train()
         self.loss_fn = LossFunction(cfg.loss, compile=self.compile)
         self.module: nn.Module = TrainingModule(self.model, self.loss_fn)
         if d.enabled:
             self.module = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-                gradient_as_bucket_view=True, broadcast_buffers=False,
+                self.module, device_ids=[d.local_rank] if d.device.type == "cuda" else None, gradient_as_bucket_view=True,
             )
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, d.device)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
