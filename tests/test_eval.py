@@ -31,7 +31,7 @@ def test_prepared_split_as_json(tmp_path_factory):
     assert f"loss {report['loss']:.4f} nats/token" in text.stdout
 
 
-def test_backend_through_prefill_and_decode_matches_torch(tmp_path_factory):
+def test_backend_matches_torch(tmp_path_factory):
     model, data = tiny_checkpoint(tmp_path_factory), prepared_code(tmp_path_factory)
     _, direct = evaluate(model, "--data", data, "--max-tokens", "130", "--json")
     result, backend = evaluate(model, "--data", data, "--max-tokens", "130", "--backend", "torch-fp32", "--json")

@@ -158,7 +158,11 @@ def _train(ctx: click.Context, task: str, params: dict) -> None:
         if not values.get("data"):
             raise GptuiError("--data is required (a folder from gptui-train prepare)")
         config = TrainConfig(task=task, **values)
-    code = run_training(config, resume=resume)
+    try:
+        code = run_training(config, resume=resume)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, without a checkpoint
+        click.echo(f"aborted; {config.out}/latest holds the last checkpoint, if any", err=True)
+        code = 130
     if code:
         ctx.exit(code)
 

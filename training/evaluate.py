@@ -99,19 +99,11 @@ def _torch_losses(model, windows, batch_size: int, device: torch.device) -> tupl
 
 
 def _backend_losses(backend, windows) -> tuple[float, list[np.ndarray]]:
-    """Summed loss through a backend's own forward: logits_all(ids) when it has one, else prefill then decode."""
+    """Summed loss through a backend's own forward pass (Backend.logits_all), one window at a time."""
     total, scored = 0.0, []
-    logits_all = getattr(backend, "logits_all", None)
     for x, y in windows:
-        ids = [int(t) for t in x]
-        if logits_all is not None:
-            logits = logits_all(ids)
-        else:
-            rows = [backend.prefill(ids[:1])] + [backend.decode(t) for t in ids[1:]]
-            logits = torch.stack(rows)
-        logits = logits.float()
-        target = torch.from_numpy(y)
-        total += F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum").item()
+        logits = backend.logits_all([int(t) for t in x]).float()
+        total += F.cross_entropy(logits, torch.from_numpy(y), ignore_index=IGNORE, reduction="sum").item()
         scored.append(y)
     return total, scored
 

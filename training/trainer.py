@@ -322,71 +322,73 @@ class Trainer:
         if name == LATEST:
             self.last_saved = self.step
 
+    def _announce(self) -> None:
+        cfg, d = self.cfg, self.d
+        self._say(f"{cfg.task}: {self.model.num_params() / 1e6:.1f}M parameters, {d.world} process(es) on "
+                  f"{d.device.type}, {str(self.dtype).replace('torch.', '')}, compile {'on' if self.compile else 'off'}, "
+                  f"{self.accum} micro-batch(es) of {cfg.micro_batch} x {self.model.config.block_size} per step"
+                  + (f", resuming at step {self.step}" if self.state else ""))
+        too_long = getattr(self.train_rows, "too_long", 0)
+        if too_long:
+            self._say(f"left out {too_long} training examples longer than the context")
+
+    def _report(self, loss: torch.Tensor, norm: torch.Tensor, do_eval: bool, do_save: bool, bar: tqdm) -> None:
+        """At a sync point: read the loss back, stop on NaN/inf, log, evaluate, checkpoint."""
+        cfg, d = self.cfg, self.d
+        train_loss, bad = self._synced(loss)
+        if bad:
+            raise GptuiError(self._nonfinite_message(train_loss))
+        tps = (self.step - self._clock_step) * cfg.batch_tokens / max(time.perf_counter() - self._clock, 1e-9)
+        record = {
+            "step": self.step, "loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": float(norm), "tokens": self.tokens_seen, "tokens_per_s": round(tps, 1),
+            "mfu": round(tps * self._flops / self._peak, 4) if self._peak else None,
+            "memory_gb": round(memory_gb(d.device), 3), "epoch": round(self.sampler.epochs(self.step), 4),
+        }
+        val_loss = None
+        if do_eval:
+            val_loss = record["val_loss"] = self.evaluate()
+            improved = val_loss < self.best_val
+            if improved:
+                self.best_val = val_loss
+                self.save(BEST, train_loss, val_loss)
+            self._say(f"step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}" + (" (best)" if improved else ""))
+        if d.is_main:
+            self.metrics.log(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+        if do_save:
+            self.save(LATEST, train_loss, val_loss)
+        self._clock, self._clock_step = time.perf_counter(), self.step  # evaluating and saving are not training time
+
     def run(self) -> int:
         """Train to cfg.steps; 0 when done, 128 + signal number when stopped by SIGINT/SIGTERM."""
-        cfg, d = self.cfg, self.d
-        tokens_per_step = cfg.batch_tokens
-        peak = peak_flops(d.device)
-        flops = flops_per_token(self.model.config)
-        if d.is_main:
-            self._say(f"{cfg.task}: {self.model.num_params() / 1e6:.1f}M parameters, {d.world} process(es) on "
-                      f"{d.device.type}, {str(self.dtype).replace('torch.', '')}, compile {'on' if self.compile else 'off'}, "
-                      f"{self.accum} micro-batch(es) of {cfg.micro_batch} x {self.model.config.block_size} per step"
-                      + (f", resuming at step {self.step}" if self.state else ""))
-            too_long = getattr(self.train_rows, "too_long", 0)
-            if too_long:
-                self._say(f"left out {too_long} training examples longer than the context")
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not d.is_main, file=sys.stderr, unit="step",
+        cfg = self.cfg
+        self._announce()
+        self._peak, self._flops = peak_flops(self.d.device), flops_per_token(self.model.config)
+        self._clock, self._clock_step = time.perf_counter(), self.step
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.d.is_main, file=sys.stderr, unit="step",
                    dynamic_ncols=True, mininterval=1.0)
-        clock, clock_step = time.perf_counter(), self.step
-        val_loss = None
         try:
             with StopSignal(lambda s: self._say("stopping after this step; saving a checkpoint (Ctrl-C again aborts)")) as stop:
                 while self.step < cfg.steps:
                     loss, norm = self.train_step(self.step)
                     self.step += 1
-                    self.tokens_seen += tokens_per_step
+                    self.tokens_seen += cfg.batch_tokens
                     bar.update(1)
                     if self.on_step:
                         self.on_step(self)
                     stopping = self._agree_stop(stop.signum)
                     last = self.step == cfg.steps
                     do_eval = self.step % cfg.eval_every == 0 or last
-                    do_save = self.step % cfg.save_every == 0 or last or stopping
-                    if not (self.step % cfg.log_every == 0 or do_eval or do_save):
-                        continue
-                    train_loss, bad = self._synced(loss)
-                    if bad:
-                        raise GptuiError(self._nonfinite_message(train_loss))
-                    elapsed = time.perf_counter() - clock
-                    tps = (self.step - clock_step) * tokens_per_step / max(elapsed, 1e-9)
-                    record = {
-                        "step": self.step, "loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                        "grad_norm": float(norm), "tokens": self.tokens_seen, "tokens_per_s": round(tps, 1),
-                        "mfu": round(tps * flops / peak, 4) if peak else None,
-                        "memory_gb": round(memory_gb(d.device), 3), "epoch": round(self.sampler.epochs(self.step), 4),
-                    }
-                    if do_eval:
-                        val_loss = self.evaluate()
-                        record["val_loss"] = val_loss
-                        if val_loss < self.best_val:
-                            self.best_val = val_loss
-                            self.save(BEST, train_loss, val_loss)
-                    if d.is_main:
-                        self.metrics.log(record)
-                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                        if do_eval:
-                            self._say(f"step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-                                      + (" (best)" if val_loss == self.best_val else ""))
-                    if do_save:
-                        self.save(LATEST, train_loss, val_loss)
+                    do_save = self.step % cfg.save_every == 0 or last or bool(stopping)
+                    if self.step % cfg.log_every == 0 or do_eval or do_save:
+                        self._report(loss, norm, do_eval, do_save, bar)
                     if stopping:
-                        self._say(f"stopped at step {self.step}; resume with --resume (checkpoint {self.out / LATEST})")
+                        self._say(f"stopped at step {self.step}; continue with --resume (checkpoint {self.out / LATEST})")
                         return 128 + stopping
-                    clock, clock_step = time.perf_counter(), self.step  # evaluation and saving are not training time
         finally:
             bar.close()
-            if d.is_main:
+            if self.d.is_main:
                 self.metrics.close()
         self._say(f"done: {self.step} steps, {self.tokens_seen:,} tokens, best val loss {self.best_val:.4f}; "
                   f"model in {self.out / LATEST}, best in {self.out / BEST}")
