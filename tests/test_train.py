@@ -191,6 +191,18 @@ def test_bad_inputs_are_one_line_and_overwrite_nothing(data, tmp_path, tmp_path_
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 9))
 
 
+def test_missing_tensorboard_is_one_line(data, tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here")
+    result = pretrain(*train_args(data, tmp_path / "run", preset="tiny"), "--tensorboard")
+    assert result.exit_code == 1 and "pip install tensorboard" in one_error(result.output)
+    assert not (tmp_path / "run").exists()
+
+
 def test_sft_needs_init(tmp_path, tmp_path_factory):
     sft_data = prepared_sft(tmp_path_factory)
     result = CliRunner().invoke(main, ["sft", *train_args(sft_data, tmp_path / "run")])

@@ -143,10 +143,14 @@ def _argv_for_torchrun(ctx: click.Context) -> list[str]:
 
 
 def _train(ctx: click.Context, task: str, params: dict) -> None:
+    import torch
+
     from . import distributed
     from .trainer import TrainConfig, read_run_config, run_training
 
     if params["nproc"] > 1 and "RANK" not in os.environ:
+        if distributed.pick_device(params["device"]).type == "cuda" and params["nproc"] > torch.cuda.device_count():
+            raise GptuiError(f"--nproc {params['nproc']}: only {torch.cuda.device_count()} GPU(s) here")
         ctx.exit(distributed.launch(params["nproc"], _argv_for_torchrun(ctx)))
     resume = params.pop("resume")
     params.pop("nproc")

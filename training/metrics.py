@@ -42,6 +42,15 @@ def memory_gb(device: torch.device) -> float:
     return rss / 1e9 if sys.platform == "darwin" else rss / 1e6  # bytes on macOS, KiB on Linux
 
 
+def tensorboard_writer():
+    """TensorBoard's SummaryWriter class; a clear error when the optional package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise GptuiError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter
+
+
 class MetricsLog:
     """One JSON object per line; the same scalars go to TensorBoard when enabled."""
 
@@ -52,11 +61,7 @@ class MetricsLog:
         self.file = open(path, "a")
         self.tb = None
         if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise GptuiError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-            self.tb = SummaryWriter(str(tensorboard_dir))
+            self.tb = tensorboard_writer()(str(tensorboard_dir))
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines past the checkpoint being resumed: those steps are about to run again."""

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..core import __version__
 from ..core.errors import GptuiError
@@ -94,15 +96,30 @@ def _split(groups: list[str], val_fraction: float, seed: int) -> set[str]:
     return set(order[:n_val])
 
 
-def _write_split(folder: Path, name: str, prompts: list, responses: list) -> dict:
-    lengths = np.array([len(p) + len(r) for p, r in zip(prompts, responses)], dtype=np.int64)
+def _flat(lists: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(all values, length per row) of the chosen rows of a list<uint16> column."""
+    taken = lists.take(pa.array(rows, type=pa.int64())).combine_chunks()
+    return taken.flatten().to_numpy(zero_copy_only=False), pc.list_value_length(taken).to_numpy().astype(np.int64)
+
+
+def _scatter_positions(row_starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Destination of each value when row i's values go to row_starts[i], row_starts[i] + 1, ..."""
+    firsts = np.cumsum(lengths) - lengths  # where each row's values begin in the flat array
+    return np.repeat(row_starts - firsts, lengths) + np.arange(int(lengths.sum()))
+
+
+def _write_split(folder: Path, name: str, table: pa.Table, rows: np.ndarray) -> dict:
+    """Prompt then response tokens per example, end to end; the mask is 1 on response tokens."""
+    prompt, prompt_len = _flat(table.column("prompt_ids"), rows)
+    response, response_len = _flat(table.column("response_ids"), rows)
+    lengths = prompt_len + response_len
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = np.empty(int(offsets[-1]), dtype=TOKEN_DTYPE)
     mask = np.zeros(int(offsets[-1]), dtype=np.uint8)
-    for start, p, r in zip(offsets[:-1], prompts, responses):
-        tokens[start : start + len(p)] = p
-        tokens[start + len(p) : start + len(p) + len(r)] = r
-        mask[start + len(p) : start + len(p) + len(r)] = 1
+    tokens[_scatter_positions(offsets[:-1], prompt_len)] = prompt
+    response_at = _scatter_positions(offsets[:-1] + prompt_len, response_len)
+    tokens[response_at] = response
+    mask[response_at] = 1
     files = {k: f"{name}.{k}.npy" for k in ("tokens", "mask", "offsets")}
     save_array(folder / files["tokens"], tokens)
     save_array(folder / files["mask"], mask)
@@ -135,12 +152,14 @@ def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float,
         new_fingerprint=key[:32],
         desc="tokenising",
     )
-    columns = tokenised.data.table.to_pydict()  # instruction data is small: tens of MB of ids
+    table = tokenised.data.table
+    keys = table.column("key").to_pylist()
+    response_len = pc.list_value_length(table.column("response_ids")).to_numpy()
     skipped: Counter = Counter()
     seen: set[str] = set()
     kept = []
-    for i, (p, r, k) in enumerate(zip(columns["prompt_ids"], columns["response_ids"], columns["key"])):
-        if not r:
+    for i, (n, k) in enumerate(zip(response_len, keys)):
+        if not n:
             skipped["empty"] += 1
         elif k in seen:
             skipped["duplicate"] += 1
@@ -150,15 +169,15 @@ def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float,
     if not kept:
         raise GptuiError(f"{source.get('name') or source.get('roots')}: no usable examples ({dict(skipped)})")
     # Mined pairs split by source file, so a class and its own methods never straddle the split.
-    by_file = "source_file" in columns
-    groups = [columns["source_file"][i] if by_file else columns["key"][i] for i in kept]
+    by_file = "source_file" in table.column_names
+    group_of = table.column("source_file").to_pylist() if by_file else keys
+    groups = [group_of[i] for i in kept]
     val_groups = _split(groups, val_fraction, seed)
     with staged_folder(out) as tmp:
         splits = {}
         for name, in_val in (("train", False), ("val", True)):
-            rows = [i for i, g in zip(kept, groups) if (g in val_groups) == in_val]
-            splits[name] = _write_split(tmp, name, [columns["prompt_ids"][i] for i in rows],
-                                        [columns["response_ids"][i] for i in rows])
+            rows = np.array([i for i, g in zip(kept, groups) if (g in val_groups) == in_val], dtype=np.int64)
+            splits[name] = _write_split(tmp, name, table, rows)
         for name, path in (extra_files or {}).items():
             (tmp / name).write_bytes(path.read_bytes())
         manifest = {

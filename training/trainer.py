@@ -32,7 +32,7 @@ from . import distributed
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
 from .data import Sampler, eval_row_ids, open_rows, to_device
 from .loss import IGNORE, LossFunction, plain_loss
-from .metrics import MetricsLog, flops_per_token, memory_gb, peak_flops
+from .metrics import MetricsLog, flops_per_token, memory_gb, peak_flops, tensorboard_writer
 from .optim import build_optimizer, get_lr
 from .shards import PRETRAIN, SFT, read_manifest
 from .stopping import StopSignal
@@ -144,6 +144,8 @@ class Trainer:
             raise GptuiError(f"--batch-tokens {cfg.batch_tokens} must be a positive multiple of micro-batch x "
                              f"context x processes = {cfg.micro_batch} x {T} x {d.world} = {per_micro}")
         self.accum = cfg.batch_tokens // per_micro
+        if cfg.tensorboard:
+            tensorboard_writer()  # fail before anything is written, not after
         self.dtype = resolve_dtype(cfg.dtype, d.device)
         self.compile = cfg.compile if cfg.compile is not None else d.device.type == "cuda"
         self.sampler = Sampler(self.train_rows, cfg.seed, cfg.micro_batch, self.accum, d.world)
