@@ -9,6 +9,7 @@ the app uses; Hugging Face generate and CTranslate2 are timed with a callback on
 from __future__ import annotations
 
 import math
+import platform
 import statistics
 import sysconfig
 import time
@@ -38,6 +39,17 @@ class Speed:
 
 def _median_speed(samples: list[tuple[float, float]]) -> Speed:
     return Speed(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), len(samples))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def stdlib_dir() -> Path:
@@ -126,7 +138,7 @@ def measure_hf(model, prompt: list[int], new_tokens: int = 256, runs: int = 5, w
         def end(self):
             pass
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     samples = []
     for i in range(warmup + runs):
         clock = Clock()

@@ -20,7 +20,7 @@ INT8_METHODS = ("block", "dynamic", "dynamic-per-channel", "static")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _calibration_windows(folder: Path, eval_data: Path | None, eval_py_dirs: list[Path], tokens: int) -> list[list[int]]:
+def calibration_windows(folder: Path, eval_data: Path | None, eval_py_dirs: list[Path], tokens: int) -> list[list[int]]:
     """Prompts for static quantization: the validation split when given, else .py files (the stdlib by default)."""
     from ..core import benchmark as bm
     from ..core.checkpoint import read_config
@@ -66,7 +66,7 @@ def export_model(source: Path, out: Path, dtype: str = "fp16", int8: str = "bloc
         calibration = None
         if int8 == "static":
             log("  calibrating static INT8 activations")
-            calibration = _calibration_windows(out, eval_data, eval_py_dirs or [], calibration_tokens)
+            calibration = calibration_windows(out, eval_data, eval_py_dirs or [], calibration_tokens)
         log(f"  quantizing with ONNX Runtime ({int8})")
         quantize_with_ort(fp32_path, int8_path, int8, calibration)
     sizes = {"safetensors": folder_bytes(out), "onnx-fp32": fp32_path.stat().st_size, "onnx-int8": int8_path.stat().st_size}

@@ -18,20 +18,11 @@ import click
 DEFAULT_BACKENDS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _machine(threads: int) -> dict:
     import onnxruntime
     import torch
+
+    from ..core.benchmark import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),

@@ -1,0 +1,76 @@
+"""Batch-1 decode on one NVIDIA GPU: the cuda backend next to Hugging Face generate, same weights.
+
+    python bench/decode_gpu.py                      # GPT-2 124M, random weights
+    python bench/decode_gpu.py --preset small --modes graph,compile,eager
+
+Ours: the cuda backend (bf16 weights, static KV cache) with its decode step captured as a CUDA
+graph ("graph"), compiled by torch.compile in reduce-overhead mode ("compile"), or launched
+kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LMHeadModel.generate
+(use_cache=True, greedy) on the same GPU, in bf16 and in fp32. Same prompt, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from gptui.core import benchmark as bm
+from gptui.core.backends.cuda_backend import CudaBackend
+from gptui.core.checkpoint import load_model, save_checkpoint
+from gptui.core.config import preset
+from gptui.core.hf import load_hf_model
+from gptui.core.model import GPT
+from gptui.core.tokenizer import get_encoding
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="gpt2")
+    parser.add_argument("--modes", default="graph,eager", help="Comma-separated: graph, compile, eager.")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("decode_gpu.py needs a CUDA GPU")
+    encoding = get_encoding("gpt2-code")
+    prompt = bm.code_tokens([bm.stdlib_dir()], "gpt2-code", args.prompt_tokens)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / args.preset
+        torch.manual_seed(0)
+        save_checkpoint(folder, GPT(preset(args.preset, vocab_size=encoding.n_vocab)), "gpt2-code")
+        for mode in args.modes.split(","):
+            print(f"cuda ({mode}) ...", file=sys.stderr, flush=True)
+            backend = CudaBackend(load_model(folder)[0], mode=mode)
+            rows.append({"engine": f"ours: cuda ({mode}, bf16)", **bm.measure_backend(backend, encoding, prompt, args.new_tokens,
+                                                                                      args.runs).as_dict()})
+            del backend
+            torch.cuda.empty_cache()
+        for dtype in (torch.bfloat16, torch.float32):
+            print(f"hf generate ({dtype}) ...", file=sys.stderr, flush=True)
+            hf = load_hf_model(folder, dtype=dtype).to("cuda")
+            rows.append({"engine": f"HF generate ({str(dtype).removeprefix('torch.')})",
+                         **bm.measure_hf(hf, prompt, args.new_tokens, args.runs).as_dict()})
+            del hf
+            torch.cuda.empty_cache()
+    hf_best = max(r["decode_tokens_per_s"] for r in rows if r["engine"].startswith("HF"))
+    lines = [f"GPU: {torch.cuda.get_device_name()} · {args.preset} · batch 1 · prompt {len(prompt)} tokens · "
+             f"{args.new_tokens} new tokens · median of {args.runs} runs · random weights", "",
+             "| engine | first token (ms) | decode (tok/s) | vs fastest HF |", "|---|---:|---:|---:|"]
+    for r in rows:
+        r["vs_fastest_hf"] = round(r["decode_tokens_per_s"] / hf_best, 2)
+        lines.append(f"| {r['engine']} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['vs_fastest_hf']:.2f}x |")
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {**vars(args), "json": str(args.json)}, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
