@@ -80,6 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--quick", action="store_true", help="tiny model on CPU processes: checks that the script works")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -93,6 +94,7 @@ def parse_args(argv=None):
     args.passthrough = ["--preset", args.preset, "--micro-batch", str(args.micro_batch), "--batch-tokens",
                         str(args.batch_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
                         "--attention", args.attention, "--dtype", args.dtype, "--device", args.device,
+                        "--compile-mode", args.compile_mode,
                         *([] if args.compile else ["--no-compile"])]
     return args
 

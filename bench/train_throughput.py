@@ -57,7 +57,7 @@ def build_trainer(work: Path, args, d: distributed.Dist | None = None, batch_tok
     cfg = TrainConfig(task="pretrain", data=str(data), out=str(work / f"run-{time.monotonic_ns()}"), preset=args.preset,
                       steps=10**9, batch_tokens=batch_tokens, micro_batch=args.micro_batch, warmup=10,
                       eval_every=10**9, save_every=10**9, log_every=10**9, compile=args.compile, dtype=args.dtype,
-                      device=args.device, loss=loss, attention=args.attention)
+                      device=args.device, loss=loss, attention=args.attention, compile_mode=args.compile_mode)
     return Trainer(cfg, d or distributed.setup(args.device))
 
 
@@ -93,7 +93,7 @@ def measure_hf(args, device: torch.device, dtype: torch.dtype) -> dict:
     hf_config = GPT2Config(vocab_size=50257, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
                            n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel._from_config(hf_config, attn_implementation="sdpa").to(device).train()
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
     optimizer = build_optimizer(model, 6e-4, 0.1, device)
     generator = torch.Generator(device="cpu").manual_seed(0)
     batches = [torch.randint(0, 50257, (args.micro_batch, config.block_size), generator=generator).to(device)
@@ -181,6 +181,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--quick", action="store_true", help="tiny model, CPU-sized: checks that the script works")
     args = p.parse_args(argv)
@@ -213,7 +214,7 @@ def main(argv=None) -> None:
             rows.append(row(variant, result, args, device, matmul))
             del result
     print_table(rows, f"{args.preset}, context {preset(args.preset).block_size}, {str(dtype).replace('torch.', '')}, "
-                      f"compile {'on' if args.compile else 'off'}, attention {args.attention}, {name}, torch {torch.__version__}; "
+                      f"compile {args.compile_mode if args.compile else 'off'}, attention {args.attention}, {name}, torch {torch.__version__}; "
                       f"measured {str(dtype).replace('torch.', '')} matmul: {matmul / 1e12:.3g} TFLOP/s")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "matmul_flops": matmul, "rows": rows}, indent=2))

@@ -100,6 +100,8 @@ def _training_options(sft: bool):
         click.option("--log-every", type=click.IntRange(1), default=1, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint."),
         click.option("--compile/--no-compile", default=None, help="torch.compile [on for CUDA]."),
+        click.option("--compile-mode", type=click.Choice(["default", "max-autotune-no-cudagraphs"]), default="default",
+                     show_default=True, help="torch.compile mode; autotuning compiles for minutes, may run faster."),
         click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--loss", type=click.Choice(["plain", "chunked"]), default="plain", show_default=True,

@@ -73,14 +73,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 class LossFunction:
-    """model, x, y -> summed loss; `kind` picks plain or chunked, `compile` wraps the heavy parts."""
+    """model, x, y -> summed loss; `kind` picks plain or chunked, `compile` wraps the heavy parts
+    with torch.compile (in `compile_mode`, e.g. "max-autotune-no-cudagraphs" to tune matmuls)."""
 
-    def __init__(self, kind: str = "plain", compile: bool = False, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, kind: str = "plain", compile: bool = False, chunk_rows: int = CHUNK_ROWS,
+                 compile_mode: str = "default"):
         if kind not in ("plain", "chunked"):
             raise ValueError(f"unknown loss kind {kind!r}")
         self.kind = kind
         self.chunk_rows = chunk_rows
-        wrap = torch.compile if compile else (lambda fn: fn)
+        wrap = (lambda fn: torch.compile(fn, mode=compile_mode)) if compile else (lambda fn: fn)
         self._plain = wrap(plain_loss)
         self._hidden = wrap(hidden_states)
         self._chunk = wrap(_chunk_loss_and_grad)

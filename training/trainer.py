@@ -61,6 +61,7 @@ class TrainConfig:
     save_every: int = 500  # steps between `latest` checkpoints
     log_every: int = 1  # steps between metrics lines (each costs one host-device sync)
     compile: bool | None = None  # torch.compile; None means on for CUDA
+    compile_mode: str = "default"  # or max-autotune-no-cudagraphs: slower to compile, tuned matmuls
     dtype: str = "auto"  # auto, bf16, fp16 or fp32
     device: str = "auto"  # auto, cpu or cuda
     loss: str = "plain"  # plain (compiled cross-entropy) or chunked (never holds all logits)
@@ -203,7 +204,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # fp32 leftovers (outside autocast) on tensor cores (TF32)
             configure_attention(cfg.attention)
         self.model.to(d.device).train()
-        self.loss_fn = LossFunction(cfg.loss, compile=self.compile)
+        self.loss_fn = LossFunction(cfg.loss, compile=self.compile, compile_mode=cfg.compile_mode)
         self.module: nn.Module = TrainingModule(self.model, self.loss_fn)
         if d.enabled:
             self.module = nn.parallel.DistributedDataParallel(
