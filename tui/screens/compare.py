@@ -27,7 +27,8 @@ from ..catalog import Catalog
 from ..widgets.status import Readout
 
 REFERENCE = "torch-fp32"
-COLUMNS = ("Backend", "Status", "TTFT", "Tokens/s", "Tokens", "Diverges at", "Output")
+# Fixed widths: cells change many times a second while a backend runs.
+COLUMNS = {"Backend": 12, "Status": 24, "TTFT": 8, "Tokens/s": 9, "Tokens": 6, "Diverges at": 11, "Output": 32}
 
 
 def first_divergence(reference: list[int], ids: list[int]) -> int | None:
@@ -38,7 +39,7 @@ def first_divergence(reference: list[int], ids: list[int]) -> int | None:
     return None if len(reference) == len(ids) else min(len(reference), len(ids))
 
 
-def preview(text: str, width: int = 48) -> str:
+def preview(text: str, width: int = COLUMNS["Output"]) -> str:
     flat = text.replace("\n", "⏎")
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
@@ -65,6 +66,7 @@ class CompareScreen(Screen):
         self.params = params
         self.pieces: dict[str, list[str]] = {}  # backend -> text of each generated token
         self.divergence: dict[str, int | None] = {}
+        self.errors: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-body"):
@@ -91,8 +93,8 @@ class CompareScreen(Screen):
         backends = self.query_one(SelectionList)
         backends.add_options([(name, name, True) for name in names])
         table = self.query_one(DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
+        for column, width in COLUMNS.items():
+            table.add_column(column, key=column, width=width)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_run()
@@ -104,6 +106,7 @@ class CompareScreen(Screen):
         table.clear()
         self.pieces.clear()
         self.divergence.clear()
+        self.errors.clear()
         for name in order:
             table.add_row(name, "waiting", "", "", "", "reference" if name == REFERENCE else "", "", key=name)
         self.run_all(order)
@@ -151,10 +154,14 @@ class CompareScreen(Screen):
                     last = now
                     self.post_message(RowUpdate(name, **self._cells(readout, text)))
         except GptuiError as e:
-            self.post_message(RowUpdate(name, Status=f"error: {e}"))
+            self._failed(name, str(e))
         except Exception as e:  # one backend failing must not stop the others or the app
-            self.post_message(RowUpdate(name, Status=f"error: {type(e).__name__}: {e}"))
+            self._failed(name, f"{type(e).__name__}: {e}")
         return None
+
+    def _failed(self, name: str, error: str) -> None:
+        self.errors[name] = error  # in full below the table; the table cell gets the start of it
+        self.post_message(RowUpdate(name, Status=preview(f"error: {error}", COLUMNS["Status"])))
 
     @staticmethod
     def _cells(readout: Readout, text: str) -> dict[str, str]:
@@ -172,7 +179,7 @@ class CompareScreen(Screen):
         if message.backend not in table.rows:
             return
         for column, value in message.cells.items():
-            table.update_cell(message.backend, column, value, update_width=True)
+            table.update_cell(message.backend, column, value)
 
     def show_outputs(self) -> None:
         out = Text()
@@ -183,6 +190,9 @@ class CompareScreen(Screen):
             for i, piece in enumerate(pieces):
                 out.append(piece, style="red" if at is not None and i >= at else "")
             out.append("\n\n")
+        for name, error in self.errors.items():
+            out.append(f"{name} · failed\n", style="bold")
+            out.append(error + "\n\n", style="red")
         self.query_one("#compare-texts", Static).update(out)
 
     def action_close(self) -> None:

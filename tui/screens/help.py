@@ -48,7 +48,8 @@ class HelpScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("Where", "Keys", "Does", "Id")
+        for label, width in (("Where", 12), ("Keys", 26), ("Does", 32), ("Id", 24)):
+            table.add_column(label, width=width)
         table.add_rows(self.rows)
         table.focus()
 

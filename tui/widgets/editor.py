@@ -243,9 +243,11 @@ class GhostEditor(TextArea):
         base = (theme.base_style if theme and theme.base_style else None) or self.rich_style
         if y == row:
             line = super().render_line(y)
-            x = self.gutter_width + cursor_x - scroll_x
             pieces = rows[0]
-            if pieces and self._draw_cursor and theme and theme.cursor_style:
+            if not pieces:
+                return line  # the completion starts on the next line
+            x = self.gutter_width + cursor_x - scroll_x
+            if self._draw_cursor and theme and theme.cursor_style:
                 text, style = pieces[0]  # the cursor sits on the ghost's first character
                 pieces = [(text[0], style + theme.cursor_style), (text[1:], style)] + pieces[1:]
             background = theme.cursor_line_style if theme and self.highlight_cursor_line else None

@@ -9,6 +9,7 @@ import tiktoken
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.events import Click
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -76,9 +77,10 @@ class Inspector(Widget, can_focus=True):
         if self.tokens:
             self.cursor = max(0, min(len(self.tokens) - 1, self.selected + step))
 
-    def action_select(self, index: int) -> None:
-        self.cursor = index
-        self.focus()
+    def on_click(self, event: Click) -> None:
+        index = event.style.meta.get("token")
+        if index is not None:
+            self.cursor = index
 
     def render(self) -> Text:
         if not self.tokens:
@@ -88,7 +90,8 @@ class Inspector(Widget, can_focus=True):
         out.append(f"{self.title} · {len(self.tokens)} tokens · ←/→ or click a token\n", style="bold")
         selected = self.selected
         for i, event in enumerate(self.tokens):
-            style = probability_style(math.exp(event.logprob)) + Style(meta={"@click": f"select({i})"})
+            # The token index rides in the style's meta, so a click can tell which token it hit.
+            style = probability_style(math.exp(event.logprob)) + Style(meta={"token": i})
             if i == selected:
                 style += Style(reverse=True)
             shown = event.text.replace("\n", "↵\n") if event.text else "·"  # "·": bytes held for later
