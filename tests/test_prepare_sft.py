@@ -164,3 +164,22 @@ def test_mine_with_nothing_documented(tmp_path):
     (root / "a.py").write_text("x = 1\n")
     result = run("--mine", root, "--out", tmp_path / "out")
     assert result.exit_code == 1 and "no documented functions or classes" in one_error(result.output)
+
+
+def test_mine_with_holdout_skips_the_pretraining_validation_files(tmp_path):
+    root = tmp_path / "code"
+    root.mkdir()
+    for i in range(6):
+        (root / f"m{i}.py").write_text(f'def f{i}(x):\n    """Function number {i}."""\n    return x + {i}\n')
+    code = tmp_path / "prepared"
+    assert run(root, "--out", code, "--val-fraction", "0.34", "--num-proc", "1").exit_code == 0
+    held = json.loads((code / "manifest.json").read_text())["splits"]["val"]["documents"]
+    held_names = {d["path"].rsplit("/", 1)[-1][:-3] for d in held}
+    assert len(held) == 2
+    out = tmp_path / "mined"
+    result = run("--mine", root, "--holdout", code, "--out", out, "--val-fraction", "0.2")
+    assert result.exit_code == 0, result.output
+    mined = [json.loads(line) for line in (out / "mined.jsonl").read_text().splitlines()]
+    mined_names = {m["source_file"].rsplit("/", 1)[-1][:-3] for m in mined}
+    assert len(mined) == 4 and not mined_names & held_names
+    assert one_error(run("--hf", "x.jsonl", "--holdout", code, "--out", tmp_path / "o").output)

@@ -24,6 +24,8 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
                    ".json/.jsonl/.parquet file with columns instruction, input, output.")
 @click.option("--mine", "mine_roots", multiple=True, type=click.Path(path_type=Path),
               help="Mine instruction pairs from the docstrings of functions and classes under DIR (repeatable).")
+@click.option("--holdout", type=click.Path(path_type=Path, file_okay=False),
+              help="With --mine: a prepared code folder whose validation files must not be mined.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--encoding", default="gpt2-code", show_default=True, help="gpt2 or gpt2-code")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=None,
@@ -37,12 +39,15 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
               help="Tokens per shard file (cut at document boundaries).")
 @click.option("--force", is_flag=True, help="Replace an --out folder that holds other prepared data.")
 @fail_cleanly
-def prepare(roots, hf_source, mine_roots, out, encoding, val_fraction, seed, num_proc, max_file_bytes, shard_tokens, force):
+def prepare(roots, hf_source, mine_roots, holdout, out, encoding, val_fraction, seed, num_proc, max_file_bytes,
+            shard_tokens, force):
     """Turn .py directories (ROOTS), --hf data or --mine'd docstrings into token shards and a manifest.json."""
     from ..core.paths import cache_dir
 
     if sum(map(bool, (roots, hf_source, mine_roots))) != 1:
         raise GptuiError("give one source: directories of .py files, --hf NAME_OR_FILE, or --mine DIR")
+    if holdout and not mine_roots:
+        raise GptuiError("--holdout goes with --mine")
     cache = cache_dir()
     if roots:
         from .prepare_code import prepare_code
@@ -58,8 +63,10 @@ def prepare(roots, hf_source, mine_roots, out, encoding, val_fraction, seed, num
             source = {"type": "hf", "name": hf_source}
             ds = load_instructions(hf_source, cache / "datasets")
         else:
-            jsonl, files = mine_to_jsonl(list(mine_roots), cache / "prepare", num_proc, max_file_bytes)
-            source = {"type": "mined", "roots": [str(Path(r).resolve()) for r in mine_roots], "files_read": files}
+            held_out = _held_out_hashes(holdout) if holdout else frozenset()
+            jsonl, files = mine_to_jsonl(list(mine_roots), cache / "prepare", num_proc, max_file_bytes, held_out)
+            source = {"type": "mined", "roots": [str(Path(r).resolve()) for r in mine_roots], "files_read": files,
+                      "held_out_files": len(held_out), "holdout": str(holdout) if holdout else None}
             ds = load_instructions(str(jsonl), cache / "datasets")
             extra = {"mined.jsonl": jsonl}
         manifest, reused = prepare_sft(ds, source, out, encoding, 0.02 if val_fraction is None else val_fraction, seed,
@@ -71,6 +78,16 @@ def prepare(roots, hf_source, mine_roots, out, encoding, val_fraction, seed, num
         f"{'up to date, reused' if reused else 'wrote'} {out}: train {splits['train'][what]:,} {what} / "
         f"{splits['train']['tokens']:,} tokens, val {splits['val'][what]:,} {what} / {splits['val']['tokens']:,} tokens; "
         f"skipped {skipped}", err=True)
+
+
+def _held_out_hashes(prepared: Path) -> frozenset:
+    from .shards import PRETRAIN, read_manifest
+
+    manifest = read_manifest(prepared, PRETRAIN)
+    documents = manifest["splits"]["val"].get("documents")
+    if documents is None:
+        raise GptuiError(f"{prepared}: its manifest lists no validation files; prepare it again with this version")
+    return frozenset(d["sha256"] for d in documents)
 
 
 # ----- pretrain and sft -----

@@ -82,12 +82,15 @@ def mine_source(text: str) -> list[dict]:
     return pairs
 
 
-def mine_files(batch: dict, roots: list[str], max_file_bytes: int) -> dict:
-    """datasets.map worker: files in, pairs out (a batch may grow or shrink)."""
+def mine_files(batch: dict, roots: list[str], max_file_bytes: int, exclude_sha256: frozenset = frozenset()) -> dict:
+    """datasets.map worker: files in, pairs out (a batch may grow or shrink).
+
+    Files whose content hash is in exclude_sha256 (a held-out split) are left out.
+    """
     out: dict[str, list] = {"instruction": [], "input": [], "output": [], "text": [], "source_file": [], "line": []}
     for root, path in zip(batch["root"], batch["path"]):
-        text, _reason, _sha = read_source(os.path.join(roots[root], path), max_file_bytes)
-        if text is None:
+        text, _reason, sha = read_source(os.path.join(roots[root], path), max_file_bytes)
+        if text is None or sha in exclude_sha256:
             continue
         for pair in mine_source(text):
             out["instruction"].append(pair["instruction"])

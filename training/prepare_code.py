@@ -172,6 +172,11 @@ def prepare_code(
                 "bytes": int(sum(meta["n_bytes"][i] for i in rows)),
                 "shards": shards,
             }
+        # The held-out files by path and content hash: `prepare --mine --holdout` and the functional
+        # check use them to keep validation code out of fine-tuning and to test on unseen code.
+        splits["val"]["documents"] = [
+            {"path": str(roots[candidates[i].root] / candidates[i].path), "sha256": meta["sha256"][i]} for i in val
+        ]
         manifest = {
             "kind": PRETRAIN,
             "fingerprint": out_key,

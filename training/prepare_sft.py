@@ -200,8 +200,12 @@ def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float,
     return manifest, False
 
 
-def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes: int) -> tuple[Path, int]:
-    """Mine docstring pairs from every .py file under roots into a cached JSONL file; (path, files read)."""
+def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes: int,
+                  exclude_sha256: frozenset = frozenset()) -> tuple[Path, int]:
+    """Mine docstring pairs from every .py file under roots into a cached JSONL file; (path, files read).
+
+    Files whose content hash is in exclude_sha256 (a pretraining run's held-out split) are skipped.
+    """
     import datasets
 
     roots = [Path(r).resolve() for r in roots]
@@ -209,7 +213,7 @@ def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes:
     if not candidates:
         raise GptuiError(f"no .py files under {', '.join(map(str, roots))}")
     key = _hash(PIPELINE_VERSION, max_file_bytes, [str(r) for r in roots],
-                [(c.root, c.path, c.size, c.mtime_ns) for c in candidates])
+                [(c.root, c.path, c.size, c.mtime_ns) for c in candidates], sorted(exclude_sha256))
     cache.mkdir(parents=True, exist_ok=True)
     jsonl = cache / f"mined-{key[:24]}.jsonl"
     if not jsonl.exists():
@@ -220,7 +224,8 @@ def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes:
             batched=True,
             batch_size=32,
             num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs={"roots": [str(r) for r in roots], "max_file_bytes": max_file_bytes},
+            fn_kwargs={"roots": [str(r) for r in roots], "max_file_bytes": max_file_bytes,
+                       "exclude_sha256": exclude_sha256},
             remove_columns=["root", "path"],
             new_fingerprint=key[:32],
             desc="mining docstrings",
