@@ -7,13 +7,14 @@ For each preset a randomly initialised checkpoint is written to a temp folder (s
 depend on the values). Ours is the torch-fp32 backend driven by core.generate, the loop the app
 uses (greedy, no EOS stop); theirs is transformers.GPT2LMHeadModel.generate(use_cache=True) on
 the same weights, timed per token with a streamer. Both get the same prompt (the first tokens
-of the Python standard library's source), in the same process, interleaved run by run so a
+of the Python standard library's source), in the same process, taking turns run by run so a
 noisy neighbour hurts both alike. Reported: median time to first token and decode tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -40,17 +41,10 @@ def measure(preset_name: str, prompt_tokens: int, new_tokens: int, runs: int) ->
         prompt = bm.code_tokens([bm.stdlib_dir()], encoding_name, prompt_tokens)
         ours = load_backend("torch-fp32", folder)
         theirs = load_hf_model(folder)
-        samples = {"ours": [], "hf": []}
-        bm.measure_backend(ours, encoding, prompt, new_tokens, runs=1, warmup=0)  # warm-up
-        bm.measure_hf(theirs, prompt, new_tokens, runs=1, warmup=0)
-        for _ in range(runs):
-            samples["ours"].append(bm.measure_backend(ours, encoding, prompt, new_tokens, runs=1, warmup=0))
-            samples["hf"].append(bm.measure_hf(theirs, prompt, new_tokens, runs=1, warmup=0))
-    result = {"preset": preset_name, "params": ours.model.num_params()}
-    for who, speeds in samples.items():
-        speed = bm.Speed(sorted(s.ttft_s for s in speeds)[len(speeds) // 2],
-                         sorted(s.decode_tps for s in speeds)[len(speeds) // 2], len(speeds))
-        result[who] = speed.as_dict()
+        speeds = bm.interleaved({"ours": functools.partial(bm.backend_run, ours, encoding, prompt, new_tokens),
+                                 "hf": functools.partial(bm.hf_run, theirs, prompt, new_tokens)}, runs)
+    result = {"preset": preset_name, "params": ours.model.num_params(),
+              **{who: speed.as_dict() for who, speed in speeds.items()}}
     result["decode_speedup"] = round(result["ours"]["decode_tokens_per_s"] / result["hf"]["decode_tokens_per_s"], 2)
     result["ttft_speedup"] = round(result["hf"]["ttft_ms"] / result["ours"]["ttft_ms"], 2)
     return result

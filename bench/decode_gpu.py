@@ -12,6 +12,7 @@ kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LM
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -41,25 +42,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("decode_gpu.py needs a CUDA GPU")
     encoding = get_encoding("gpt2-code")
     prompt = bm.code_tokens([bm.stdlib_dir()], "gpt2-code", args.prompt_tokens)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / args.preset
         torch.manual_seed(0)
         save_checkpoint(folder, GPT(preset(args.preset, vocab_size=encoding.n_vocab)), "gpt2-code")
+        engines, keep = {}, []
         for mode in args.modes.split(","):
-            print(f"cuda ({mode}) ...", file=sys.stderr, flush=True)
+            print(f"cuda ({mode}): capturing / compiling ...", file=sys.stderr, flush=True)
             backend = CudaBackend(load_model(folder)[0], mode=mode)
-            rows.append({"engine": f"ours: cuda ({mode}, bf16)", **bm.measure_backend(backend, encoding, prompt, args.new_tokens,
-                                                                                      args.runs).as_dict()})
-            del backend
-            torch.cuda.empty_cache()
+            keep.append(backend)
+            engines[f"ours: cuda ({mode}, bf16)"] = functools.partial(bm.backend_run, backend, encoding, prompt, args.new_tokens)
         for dtype in (torch.bfloat16, torch.float32):
-            print(f"hf generate ({dtype}) ...", file=sys.stderr, flush=True)
             hf = load_hf_model(folder, dtype=dtype).to("cuda")
-            rows.append({"engine": f"HF generate ({str(dtype).removeprefix('torch.')})",
-                         **bm.measure_hf(hf, prompt, args.new_tokens, args.runs).as_dict()})
-            del hf
-            torch.cuda.empty_cache()
+            keep.append(hf)
+            engines[f"HF generate ({str(dtype).removeprefix('torch.')})"] = functools.partial(bm.hf_run, hf, prompt, args.new_tokens)
+        print(f"timing {', '.join(engines)}: {args.runs} runs each, in turns", file=sys.stderr, flush=True)
+        rows = [{"engine": name, **speed.as_dict()} for name, speed in bm.interleaved(engines, args.runs).items()]
     hf_best = max(r["decode_tokens_per_s"] for r in rows if r["engine"].startswith("HF"))
     lines = [f"GPU: {torch.cuda.get_device_name()} · {args.preset} · batch 1 · prompt {len(prompt)} tokens · "
              f"{args.new_tokens} new tokens · median of {args.runs} runs · random weights", "",

@@ -14,6 +14,7 @@ agrees with fp32's (teacher-forced, every position of the scored text).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -58,19 +59,22 @@ def run(folder: Path, work: Path, args) -> list[dict]:
 
     reference = load_backend("torch-fp32", folder)
     ref_logits = reference.logits_all(probe)
-    rows = []
     engines = [("torch-fp32", "torch-fp32", None), ("onnx-fp32", "onnx-fp32", fp32), ("torch-int8", "torch-int8", None)]
     engines += [(label, "onnx-int8", path) for label, path in variants.items()]
+    rows, runs = [], {}
     for label, backend_name, path in engines:
-        print(f"measuring: {label}", file=sys.stderr, flush=True)
+        print(f"scoring: {label}", file=sys.stderr, flush=True)
         backend = load_backend(backend_name, folder, threads=args.threads, path=path)
         logits = backend.logits_all(probe)
         loss, scored = bm.validation_loss(backend, windows)
-        speed = bm.measure_backend(backend, encoding, prompt, args.new_tokens, args.runs)
         rows.append({"variant": label, "bytes": backend.nbytes, "loss": loss, "tokens_scored": scored,
                      "max_logit_diff": (logits - ref_logits).abs().max().item(),
-                     "greedy_agreement": (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item(),
-                     **speed.as_dict()})
+                     "greedy_agreement": (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()})
+        runs[label] = functools.partial(bm.backend_run, backend, encoding, prompt, args.new_tokens)
+    print("timing every variant, in turns", file=sys.stderr, flush=True)
+    speeds = bm.interleaved(runs, args.runs)
+    for row in rows:
+        row.update(speeds[row["variant"]].as_dict())
     base = rows[0]
     fp32_bytes = next(r["bytes"] for r in rows if r["variant"] == "onnx-fp32")
     for r in rows:

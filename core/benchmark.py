@@ -13,6 +13,7 @@ import platform
 import statistics
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,23 +110,34 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
 
-def measure_backend(backend: Backend, encoding, prompt: list[int], new_tokens: int = 256, runs: int = 5,
-                    warmup: int = 1) -> Speed:
-    """TTFT and decode tokens/s of one of our backends through the sampling loop (greedy, no EOS stop)."""
+def interleaved(engines: dict[str, Callable[[], tuple[float, float]]], runs: int = 5, warmup: int = 1) -> dict[str, Speed]:
+    """Median speed of each engine, taking runs in turn (A, B, C, A, B, C, ...).
+
+    Each callable does one timed run and returns (time to first token, decode tokens/s). Taking
+    turns means a busy neighbour or a warming CPU hurts every engine alike, not whichever was last.
+    """
+    for run in engines.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, run in engines.items():
+            samples[name].append(run())
+    return {name: _median_speed(s) for name, s in samples.items()}
+
+
+def backend_run(backend: Backend, encoding, prompt: list[int], new_tokens: int = 256) -> tuple[float, float]:
+    """One greedy generation through the sampling loop the app uses (no EOS stop)."""
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens + 1)
-    samples = []
-    for i in range(warmup + runs):
-        done = None
-        for event in generate(backend, encoding, prompt, params, stop_at_eos=False):
-            if isinstance(event, DoneEvent):
-                done = event
-        if i >= warmup:
-            samples.append((done.time_to_first_token, done.decode_tokens_per_s))
-    return _median_speed(samples)
+    done = None
+    for event in generate(backend, encoding, prompt, params, stop_at_eos=False):
+        done = event
+    assert isinstance(done, DoneEvent)
+    return done.time_to_first_token, done.decode_tokens_per_s
 
 
-def measure_hf(model, prompt: list[int], new_tokens: int = 256, runs: int = 5, warmup: int = 1) -> Speed:
-    """Hugging Face generate(use_cache=True), greedy, timed per token with a streamer."""
+def hf_run(model, prompt: list[int], new_tokens: int = 256) -> tuple[float, float]:
+    """One Hugging Face generate(use_cache=True), greedy, timed per token with a streamer."""
     from transformers.generation.streamers import BaseStreamer
 
     class Clock(BaseStreamer):
@@ -139,18 +151,13 @@ def measure_hf(model, prompt: list[int], new_tokens: int = 256, runs: int = 5, w
             pass
 
     ids = torch.tensor([prompt], device=model.device)
-    samples = []
-    for i in range(warmup + runs):
-        clock = Clock()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens + 1,
-                           min_new_tokens=new_tokens + 1, do_sample=False, use_cache=True, pad_token_id=0,
-                           streamer=clock)
-        tokens = clock.times[1:]
-        if i >= warmup:
-            samples.append((tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])))
-    return _median_speed(samples)
+    clock = Clock()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens + 1,
+                       min_new_tokens=new_tokens + 1, do_sample=False, use_cache=True, pad_token_id=0, streamer=clock)
+    tokens = clock.times[1:]
+    return tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])
 
 
 def ct2_generator(hf_dir: Path, out: Path, threads: int):
@@ -163,13 +170,9 @@ def ct2_generator(hf_dir: Path, out: Path, threads: int):
     return ctranslate2.Generator(str(out), device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1)
 
 
-def measure_ct2(generator, prompt_tokens: list[str], new_tokens: int = 256, runs: int = 5, warmup: int = 1) -> Speed:
-    """CTranslate2's generate_tokens, greedy, forced to new_tokens + 1 tokens."""
-    samples = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        times = [time.perf_counter() for _ in generator.generate_tokens(
-            prompt_tokens, max_length=new_tokens + 1, min_length=new_tokens + 1, sampling_topk=1, end_token=[])]
-        if i >= warmup:
-            samples.append((times[0] - start, (len(times) - 1) / (times[-1] - times[0])))
-    return _median_speed(samples)
+def ct2_run(generator, prompt_tokens: list[str], new_tokens: int = 256) -> tuple[float, float]:
+    """One CTranslate2 generate_tokens, greedy, forced to new_tokens + 1 tokens."""
+    start = time.perf_counter()
+    times = [time.perf_counter() for _ in generator.generate_tokens(
+        prompt_tokens, max_length=new_tokens + 1, min_length=new_tokens + 1, sampling_topk=1, end_token=[])]
+    return times[0] - start, (len(times) - 1) / (times[-1] - times[0])

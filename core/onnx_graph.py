@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .config import GPTConfig
+from .errors import GptuiError
 
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
@@ -41,6 +42,8 @@ def _largest_block(k: int) -> int:
     block = INT8_BLOCK
     while block > 16 and k % block:
         block //= 2
+    if k % block:
+        raise GptuiError(f"INT8 ONNX needs layer widths divisible by 16 (got {k})")
     return block
 
 
@@ -209,4 +212,7 @@ def build_model(state: dict[str, np.ndarray], config: GPTConfig, quantize: bool 
 
     quantize=True stores every linear layer and the tied embedding/head as block-wise INT8.
     """
+    if sum(v.nbytes for v in state.values()) >= 2**31 - 2**26:
+        # one protobuf holds at most 2 GB; bigger models would need ONNX external data files
+        raise GptuiError("models over 2 GB of fp32 weights are not supported by the ONNX export")
     return _GraphBuilder(state, config, quantize).build()

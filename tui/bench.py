@@ -8,6 +8,7 @@ when installed (`pip install 'gptui[bench]'`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -47,24 +48,25 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
     text_ids = bm.code_tokens(eval_dirs or [bm.stdlib_dir()], encoding_name, max(eval_tokens, prompt_tokens))
     prompt = text_ids[:prompt_tokens]
     loss_windows = bm.windows(text_ids[:eval_tokens], config.block_size) if eval_tokens else []
-    rows = []
-
-    def add_row(name: str, size: int | None, speed, loss: float | None):
-        row = {"backend": name, "bytes": size, **speed.as_dict()}
-        if loss is not None:
-            row.update(loss=round(loss, 4), perplexity=round(bm.perplexity(loss), 2))
-        rows.append(row)
-        log(f"  {name}: {row['decode_tokens_per_s']} tokens/s, first token {row['ttft_ms']} ms")
-
+    # Load everything first, score the loss, then time the engines in turns (core.benchmark.interleaved).
+    engines, info = {}, {}
     for name in backends:
         log(f"{name}: loading")
         backend = load_backend(name, folder, threads=threads)
         loss = bm.validation_loss(backend, loss_windows)[0] if loss_windows else None
-        add_row(backend.name, backend.nbytes, bm.measure_backend(backend, encoding, prompt, new_tokens, runs), loss)
-        del backend
-
+        engines[backend.name] = functools.partial(bm.backend_run, backend, encoding, prompt, new_tokens)
+        info[backend.name] = (backend.nbytes, loss)
     if peers:
-        _peer_rows(folder, loss_windows, prompt, new_tokens, runs, threads, add_row, log)
+        _add_peers(folder, loss_windows, prompt, new_tokens, threads, engines, info, log)
+    log(f"timing {', '.join(engines)}: {runs} runs each, in turns")
+    speeds = bm.interleaved(engines, runs)
+    rows = []
+    for name, speed in speeds.items():
+        size, loss = info[name]
+        row = {"backend": name, "bytes": size, **speed.as_dict()}
+        if loss is not None:
+            row.update(loss=round(loss, 4), perplexity=round(bm.perplexity(loss), 2))
+        rows.append(row)
 
     hf_rate = next((r["decode_tokens_per_s"] for r in rows if r["backend"].startswith("hf-generate")), None)
     hf_ttft = next((r["ttft_ms"] for r in rows if r["backend"].startswith("hf-generate")), None)
@@ -77,7 +79,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
             "loss_source": ", ".join(map(str, eval_dirs or [bm.stdlib_dir()])), "rows": rows}
 
 
-def _peer_rows(folder: Path, loss_windows, prompt, new_tokens: int, runs: int, threads: int, add_row, log) -> None:
+def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int, engines: dict, info: dict, log) -> None:
     """Hugging Face generate on the same weights, then CTranslate2 int8 on their Hugging Face copy."""
     from ..core import benchmark as bm
     from ..core.checkpoint import weights_fingerprint
@@ -90,11 +92,11 @@ def _peer_rows(folder: Path, loss_windows, prompt, new_tokens: int, runs: int, t
     except GptuiError as e:
         log(f"peers skipped: {e}")
         return
-    log("hf-generate: running")
-    loss = bm.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None
-    size = sum(p.numel() * p.element_size() for p in hf.parameters())
-    add_row("hf-generate (fp32)", size, bm.measure_hf(hf, prompt, new_tokens, runs), loss)
-    del hf
+    log("hf-generate: loading")
+    name = "hf-generate (fp32)"
+    engines[name] = functools.partial(bm.hf_run, hf, prompt, new_tokens)
+    info[name] = (sum(p.numel() * p.element_size() for p in hf.parameters()),
+                  bm.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None)
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
@@ -107,8 +109,9 @@ def _peer_rows(folder: Path, loss_windows, prompt, new_tokens: int, runs: int, t
         save_hf_copy(folder, hf_dir)
     generator = bm.ct2_generator(hf_dir, work / "ct2-int8", threads)
     vocab = {i: token for token, i in json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8")).items()}
-    size = (work / "ct2-int8" / "model.bin").stat().st_size
-    add_row("ctranslate2 (int8)", size, bm.measure_ct2(generator, [vocab[i] for i in prompt], new_tokens, runs), None)
+    name = "ctranslate2 (int8)"
+    engines[name] = functools.partial(bm.ct2_run, generator, [vocab[i] for i in prompt], new_tokens)
+    info[name] = ((work / "ct2-int8" / "model.bin").stat().st_size, None)
 
 
 def markdown(result: dict) -> str:
