@@ -136,6 +136,17 @@ async def test_a_diverging_key_cancels_the_generation(tmp_path):
 
 
 @sync
+async def test_a_pause_while_the_model_loads_completes_once_it_is_ready(tmp_path):
+    app = make_app(tmp_path, fake(load_delay=0.5), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        app.editor.insert("def add(a, b):")
+        await pilot.pause(0.2)
+        assert app.engine is None and app.editor.ghost is None
+        await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.done is not None)
+        assert app.editor.ghost.visible == "\n    return a + b"
+
+
+@sync
 async def test_a_new_completion_follows_the_next_pause(tmp_path):
     catalog = fake()
     app = make_app(tmp_path, catalog, config=FAST)

@@ -87,6 +87,7 @@ class GptuiApp(App):
         self.readout = Readout()
         self.last_seed: int | None = None
         self.loading: str | None = None  # what is loading in the background, for the status line
+        self._missed_completion = False  # a pause in typing came while no model was loaded
         self._dirty = False  # streaming views need a repaint on the next tick
         self._stale_answers: set[Answer] = set()  # chat answers whose Markdown is behind their text
         self._saved_text = text  # the buffer as last read or written, for the modified marker
@@ -199,6 +200,9 @@ class GptuiApp(App):
         engine = message.engine
         self.engine = engine
         self.speed.set_engine(self._engine_line())
+        if self._missed_completion:  # the user typed while the first model loaded
+            self._missed_completion = False
+            self.editor.complete_if_idle()
         self.tell(f"{engine.model} on {engine.backend_name}: ready")
         if message.remember:
             self.settings.model = str(engine.folder) if engine.folder.name != engine.model else engine.model
@@ -242,6 +246,7 @@ class GptuiApp(App):
 
     def on_ghost_editor_completion_wanted(self, message: GhostEditor.CompletionWanted) -> None:
         if self.engine is None or self.chat_request:
+            self._missed_completion = self.engine is None  # ask again once a model is loaded
             return
         request = next(self._requests)
         self.completion_request = request

@@ -184,6 +184,11 @@ class GhostEditor(TextArea):
             self._timer.stop()
         self._timer = self.set_timer(self.debounce, self._want_completion)
 
+    def complete_if_idle(self) -> None:
+        """Ask for a completion now if the user is not typing (no pause pending)."""
+        if self._timer is None:
+            self._want_completion()
+
     def _want_completion(self, force: bool = False) -> None:
         self._timer = None
         if self.ghost is not None or not self.selection.is_empty:
