@@ -18,6 +18,7 @@ from ..core.errors import GptuiError
 
 INT8_METHODS = ("block", "dynamic", "dynamic-per-channel", "static")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
+MAX_SHARD_BYTES = 15 * 2**20  # shipped weights live in git: keep every file small
 
 
 def calibration_windows(folder: Path, eval_data: Path | None, eval_py_dirs: list[Path], tokens: int) -> list[list[int]]:
@@ -51,7 +52,8 @@ def export_model(source: Path, out: Path, dtype: str = "fp16", int8: str = "bloc
         provenance = {**meta.get("provenance", {}), "exported_from": str(source), "export_dtype": dtype}
         card = {k: v for k, v in read_card(source).items() if k not in ("sizes", "export", "losses")}
         log(f"writing {dtype} weights to {out}")
-        save_checkpoint(out, model, encoding, provenance=provenance, card=card, dtype=DTYPES[dtype])
+        save_checkpoint(out, model, encoding, provenance=provenance, card=card, dtype=DTYPES[dtype],
+                        max_shard_bytes=MAX_SHARD_BYTES)
         del model
     onnx_dir = out / EXPORT_DIR
     fingerprint = weights_fingerprint(out)
