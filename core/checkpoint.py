@@ -71,16 +71,33 @@ def _weights_to_save(model: GPT, dtype: torch.dtype | None) -> dict[str, torch.T
     return {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in sd.items()}
 
 
+def _split_large(tensors: dict[str, torch.Tensor], max_bytes: int) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Cut tensors larger than max_bytes into row blocks named NAME:partK, so no file exceeds it."""
+    out, parts = {}, {}
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes <= max_bytes or t.dim() == 0:
+            out[name] = t
+            continue
+        rows = max(1, max_bytes * t.size(0) // nbytes)
+        pieces = torch.split(t, rows, dim=0)
+        parts[name] = [f"{name}:part{k}" for k in range(len(pieces))]
+        out.update({part: piece.contiguous() for part, piece in zip(parts[name], pieces)})
+    return out, parts
+
+
 def _write_weights(folder: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if not max_shard_bytes or total <= max_shard_bytes:
         save_file(tensors, folder / WEIGHTS, metadata={"format": "pt"})
         return
+    # Leave room for each file's JSON header (a few KB) below the limit.
+    tensors, split = _split_large(tensors, max_shard_bytes - 64 * 1024)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
+        if shards[-1] and size + nbytes > max_shard_bytes - 64 * 1024:
             shards.append({})
             size = 0
         shards[-1][name] = t
@@ -90,7 +107,10 @@ def _write_weights(folder: Path, tensors: dict[str, torch.Tensor], max_shard_byt
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, folder / fname, metadata={"format": "pt"})
         weight_map.update({name: fname for name in shard})
-    write_json_atomic(folder / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    if split:
+        index["split_tensors"] = split  # NAME -> its row blocks, concatenated in order on load
+    write_json_atomic(folder / WEIGHTS_INDEX, index)
 
 
 def save_checkpoint(
@@ -116,6 +136,8 @@ def save_checkpoint(
             "provenance": provenance or {},
         })
         write_json_atomic(tmp / CARD, card or {})
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~_umask())  # safetensors and mkstemp write 0600
         _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,6 +212,11 @@ def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             raise GptuiError(f"{path}: missing weights file") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise GptuiError(f"{path}: corrupted or truncated weights ({e})") from None
+    if (folder / WEIGHTS_INDEX).exists():
+        for name, parts in read_json(folder / WEIGHTS_INDEX).get("split_tensors", {}).items():
+            if not all(part in tensors for part in parts):
+                raise GptuiError(f"{folder}: weights index lists parts of {name} that no file holds")
+            tensors[name] = torch.cat([tensors.pop(part) for part in parts], dim=0)
     return tensors
 
 

@@ -34,6 +34,9 @@ def test_sharded_weights_load_the_same(tmp_path):
     assert len(shards) > 1 and (tmp_path / "m" / "model.safetensors.index.json").exists()
     index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
+    # the embedding alone is larger than a shard: it is cut into row blocks, none over the limit
+    assert "transformer.wte.weight" in index["split_tensors"]
+    assert max((tmp_path / "m" / s).stat().st_size for s in shards) <= 1_000_000
     loaded, _ = load_model(tmp_path / "m")
     torch.testing.assert_close(logits_of(loaded), logits_of(model.half().float()), atol=1e-4, rtol=0)
 
