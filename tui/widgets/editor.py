@@ -69,6 +69,7 @@ class GhostEditor(TextArea):
         self._timer: Timer | None = None
         self._edit_kinds: deque[bool] = deque()  # per edit(): did it match the ghost
         self._paint_pending = False  # the ghost grew since the last repaint
+        self._rows_cache: tuple[tuple, list] | None = None  # (ghost state, rows) for render_line
 
     # ---- ghost lifecycle (called by the app) ----
 
@@ -104,10 +105,8 @@ class GhostEditor(TextArea):
         self.refresh()
         self.refresh_bindings()
 
-    def on_mount(self) -> None:
-        self.set_interval(1 / 30, self._paint)
-
-    def _paint(self) -> None:
+    def paint(self) -> None:
+        """Redraw if the ghost grew; the app calls this on its repaint tick."""
         if self._paint_pending:
             self._paint_pending = False
             self.refresh()
@@ -215,12 +214,24 @@ class GhostEditor(TextArea):
     # ---- drawing ----
 
     def _ghost_rows(self) -> list[list[tuple[str, Style]]]:
-        """The visible ghost split into rows of (text, style) pieces."""
-        if self.ghost is None or not self.ghost.visible or self.cursor_location != self._anchor:
+        """The visible ghost split into rows of (text, style) pieces.
+
+        render_line asks once per screen row; the rows are built once per change of the ghost.
+        """
+        ghost = self.ghost
+        if ghost is None or self.cursor_location != self._anchor:
+            return []
+        key = (ghost.request, len(ghost.text), ghost.consumed, ghost.done is not None, self.inspect)
+        if self._rows_cache is None or self._rows_cache[0] != key:
+            self._rows_cache = (key, self._build_rows(ghost))
+        return self._rows_cache[1]
+
+    def _build_rows(self, ghost: Ghost) -> list[list[tuple[str, Style]]]:
+        if not ghost.visible:
             return []
         dim = self.get_component_rich_style("text-area--suggestion")
         rows: list[list[tuple[str, Style]]] = [[]]
-        for text, event in self.ghost.spans():
+        for text, event in ghost.spans():
             style = dim
             if self.inspect and event is not None:
                 style = probability_style(math.exp(event.logprob))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from rich.text import Text
 from textual.containers import Horizontal
-from textual.widgets import Label, ProgressBar, Static
+from textual.widget import Widget
+from textual.widgets import Label, ProgressBar
 
 from ...core.generate import DoneEvent, TokenEvent
 from ..completion import REASONS
@@ -43,19 +44,26 @@ class Readout:
         self.state = f"stopped: {REASONS.get(done.reason, done.reason)}"
 
 
-class SpeedBar(Static):
-    """Two lines: what runs (model, backend, sampling) and how fast the latest generation went."""
+class SpeedBar(Widget):
+    """Two lines: what runs (model, backend, sampling) and how fast the latest generation went.
+
+    Repainted several times a second while tokens stream, so it renders itself rather than
+    being a Static, whose update() would lay out the whole screen each time.
+    """
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("", **kwargs)
+        super().__init__(**kwargs)
         self.engine_line = Text("no model loaded")
         self.readout = Readout()
 
     def set_engine(self, text: Text | str) -> None:
         self.engine_line = Text(text) if isinstance(text, str) else text
-        self.show()
+        self.refresh()
 
     def show(self) -> None:
+        self.refresh()
+
+    def render(self) -> Text:
         r = self.readout
         line = Text()
         if not r.kind:
@@ -67,7 +75,7 @@ class SpeedBar(Static):
             line.append(f"{r.rate:.1f} tok/s" if r.rate is not None else "- tok/s", style="bold green")
             line.append(f" · {r.tokens} tokens · context {min(r.window, r.prompt_tokens + r.tokens)}/{r.window}")
             line.append(f" · {r.state}", style="italic")
-        self.update(Text("\n").join([self.engine_line, line]))
+        return Text("\n").join([self.engine_line, line])
 
 
 class BuildBar(Horizontal):
