@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from textual.widgets import Input
 
 from gptui.tui.screens.compare import CompareScreen
@@ -442,3 +443,74 @@ async def test_compare_runs_every_backend_and_finds_the_divergence(tmp_path):
         assert str(table.get_cell("broken", "Status")).startswith("error")
         await pilot.press("escape")
         assert not isinstance(app.screen, CompareScreen)
+
+
+@sync
+async def test_ctrl_q_quits_at_once_when_saved_and_asks_when_not(tmp_path):
+    app = make_app(tmp_path, fake(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.editor.insert("unsaved = True\n")
+        await pilot.pause()
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("n")
+        assert app.is_running and app.editor.text == "unsaved = True\n"
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.is_running)
+
+
+@sync
+async def test_a_backend_builds_in_the_background_while_the_editor_keeps_working(tmp_path):
+    catalog = fake()
+    app = make_app(tmp_path, catalog, config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        catalog.load_delay = 3.0  # the build
+        app.load_engine("alpha", "fake-int8")
+        await wait_for(pilot, lambda: app.build.has_class("-active"), what="build progress")
+        await pilot.press("o")  # the UI answers keys during the build
+        assert app.editor.text == "o" and app.engine.backend_name == "torch-fp32"
+        await wait_for(pilot, lambda: app.engine.backend_name == "fake-int8")
+        assert not app.build.has_class("-active")
+
+
+async def compare_real_backends(tmp_path, model_dir, backends):
+    """The compare screen on the real catalog (no fake): torch-fp32 first, then `backends`."""
+    source = tmp_path / "demo.py"
+    source.write_text("def add(a, b):\n")
+    app = make_app(tmp_path, None, path=source, config="[sampling]\nseed = 0\nmax_tokens = 16\n",
+                   model=str(model_dir), backend="torch-fp32")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.editor.move_cursor(app.editor.document.end)
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        choices = app.screen.query_one("#compare-backends")
+        choices.deselect_all()
+        for name in backends:
+            choices.select(name)
+        await pilot.press("ctrl+r")
+        table = app.screen.query_one("#compare-table")
+        await wait_for(pilot, lambda: all(str(table.get_cell(b, "Status")).startswith(("done", "error"))
+                                          for b in ["torch-fp32", *backends]), timeout=120, what="the runs")
+        return {b: (str(table.get_cell(b, "Status")), str(table.get_cell(b, "Diverges at")))
+                for b in ["torch-fp32", *backends]}
+
+
+@sync
+async def test_compare_on_real_backends(tmp_path, tiny_model_dir):
+    rows = await compare_real_backends(tmp_path, tiny_model_dir, ["torch-int8"])
+    assert rows["torch-fp32"] == ("done (length)", "reference")
+    assert rows["torch-int8"][0] == "done (length)"
+    assert rows["torch-int8"][1] == "identical" or rows["torch-int8"][1].startswith("token ")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@sync
+async def test_compare_cuda_against_fp32(tmp_path, tiny_model_dir):
+    rows = await compare_real_backends(tmp_path, tiny_model_dir, ["cuda"])
+    assert rows["cuda"][0] == "done (length)", rows

@@ -139,8 +139,10 @@ def sync(test):
 SIZE = (120, 36)  # the terminal size every app test and snapshot uses
 
 
-def make_app(tmp_path: Path, catalog: FakeCatalog, path=None, config: str | None = None, model=None, backend=None):
-    """The app as the CLI builds it, with a fake catalog and a config file under tmp_path."""
+def make_app(tmp_path: Path, catalog: FakeCatalog | None, path=None, config: str | None = None, model=None,
+             backend=None):
+    """The app as the CLI builds it, with a config file under tmp_path and the fake catalog
+    (None: the real one)."""
     from gptui.tui.app import create_app
 
     config_path = tmp_path / "config" / "config.toml"
