@@ -60,9 +60,9 @@ def init(preset, out, encoding, seed, force):
     click.echo(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters, {encoding})", err=True)
 
 
-from .commands import evaluate, prepare, pretrain, sft  # noqa: E402  (they use fail_cleanly from above)
+from .commands import evaluate, funceval, plot, prepare, pretrain, sft  # noqa: E402  (they use fail_cleanly from above)
 
-for _command in (prepare, pretrain, sft, evaluate):
+for _command in (prepare, pretrain, sft, evaluate, funceval, plot):
     main.add_command(_command)
 
 from .export import export  # noqa: E402

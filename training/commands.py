@@ -233,3 +233,55 @@ def evaluate(model, data, split, py_dirs, backend, max_tokens, batch_size, devic
         click.echo(f"{result['model']} [{result['backend']}] on {result['source']}: loss {result['loss']:.4f} nats/token, "
                    f"perplexity {result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte "
                    f"({result['tokens']:,} tokens, {result['bytes']:,} bytes)")
+
+
+# ----- functional check and plots -----
+
+@click.command()
+@click.argument("model")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--backend", default="torch-fp32", show_default=True, help="Inference backend that writes the code.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Check at most this many functions.")
+@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="Per function body.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (with every completion) as JSON.")
+@fail_cleanly
+def funceval(model, paths, backend, limit, max_tokens, as_json):
+    """Complete held-out functions (PATHS: .py files or folders) from signature and docstring; run their doctests.
+
+    Generated code runs in a child process with a timeout, resource limits and no network.
+    """
+    from ..core.backends import load_backend
+    from ..core.checkpoint import read_config
+    from ..core.registry import resolve
+    from ..core.tokenizer import get_encoding
+    from .functional import evaluate as run_functional, find_problems
+
+    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
+    problems = find_problems(files, limit=None)
+    if not problems:
+        raise GptuiError("no top-level functions with doctests under the given paths")
+    folder = resolve(model)
+    encoding = get_encoding(read_config(folder)[1])
+    engine = load_backend(backend, folder)
+    result = run_functional(engine, encoding, problems, max_tokens=max_tokens, limit=limit,
+                            progress=lambda r: click.echo(f"\r{r.passed}/{r.problems} passed", err=True, nl=False))
+    click.echo("", err=True)
+    summary = {"model": str(folder), "backend": backend, "functions_found": len(problems),
+               "checkable": result.problems, "passed": result.passed, "pass_rate": result.pass_rate}
+    if as_json:
+        click.echo(json.dumps({**summary, "details": result.details}, indent=2))
+    else:
+        click.echo(f"{folder.name} [{backend}]: {result.passed}/{result.problems} held-out functions pass their "
+                   f"doctests ({result.pass_rate:.1%}); {len(problems) - result.problems} could not be checked")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"), show_default=True)
+@click.option("--title", default="", help="Title of the loss panel.")
+@fail_cleanly
+def plot(runs, out, title):
+    """Draw training/validation loss and tokens/s of RUNS (run folders or metrics.jsonl files) to a PNG."""
+    from .plot import plot_runs
+
+    click.echo(f"wrote {plot_runs(list(runs), out, title)}", err=True)
