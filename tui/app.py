@@ -2,7 +2,8 @@
 readout, and model/backend switching. `create_app` builds it for the CLI and for the tests.
 
 Every generation runs in a thread worker that holds its engine's lock (one generation per
-backend at a time), checks cancellation before each token, and posts each token as a message.
+backend at a time), checks cancellation before each token, and posts its tokens as messages
+in small batches; the UI redraws streaming views on a fixed tick.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class GptuiApp(App):
             self.post_message(ModelFailed(model, backend, f"{type(e).__name__}: {e}"))
             return
         if not get_current_worker().is_cancelled:
-            self.post_message(ModelLoaded(engine, remember))
+            self.post_message(ModelLoaded(engine, model if remember else None))
 
     def _loading(self, model: str | None, backend: str) -> None:
         self.loading = f"loading {model or 'the default model'} on {backend}…"
@@ -209,8 +210,8 @@ class GptuiApp(App):
             self._missed_completion = False
             self.editor.complete_if_idle()
         self.tell(f"{engine.model} on {engine.backend_name}: ready")
-        if message.remember:
-            self.settings.model = str(engine.folder) if engine.folder.name != engine.model else engine.model
+        if message.remember_as is not None:
+            self.settings.model = message.remember_as
             self.settings.backend = engine.backend_name
             self._save_settings()
 
@@ -322,8 +323,9 @@ class GptuiApp(App):
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.kind == "chat" and message.request == self.chat_request:
-            self.chat_request = 0
-            self.chat_turn = None
+            self._finish_chat(None)
+        elif message.kind == "complete" and message.request == self.completion_request:
+            self.editor.drop_ghost("failed")
         self.tell(f"Generation failed: {message.error}", "error")
 
     # ---- chat ----

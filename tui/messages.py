@@ -31,12 +31,12 @@ class GenerationFailed(Message):
 
 
 class ModelLoaded(Message):
-    """`remember`: the user picked it, so it becomes the default next time."""
+    """`remember_as`: the model as the user picked it (name or folder), to open next time."""
 
-    def __init__(self, engine: Engine, remember: bool = False) -> None:
+    def __init__(self, engine: Engine, remember_as: str | None = None) -> None:
         super().__init__()
         self.engine = engine
-        self.remember = remember
+        self.remember_as = remember_as
 
 
 class ModelFailed(Message):

@@ -129,8 +129,6 @@ class GhostEditor(TextArea):
         if not text:
             raise SkipAction()
         self.insert(text)  # goes through edit(), which consumes it from the ghost like typing
-        if self.ghost is None or self.ghost.finished:
-            self._schedule()
 
     def action_dismiss(self) -> None:
         if not self.ghost:
@@ -144,8 +142,9 @@ class GhostEditor(TextArea):
         self.move_cursor(self.document.end)
 
     def action_complete_now(self) -> None:
+        """Complete without waiting for the pause (or start over)."""
         self.drop_ghost("restarted")
-        self._want_completion(force=True)
+        self._want_completion()
 
     # ---- edits ----
 
@@ -188,13 +187,13 @@ class GhostEditor(TextArea):
         if self._timer is None:
             self._want_completion()
 
-    def _want_completion(self, force: bool = False) -> None:
+    def _want_completion(self) -> None:
         self._timer = None
         if self.ghost is not None or not self.selection.is_empty:
             return
         row, column = self.cursor_location
         line = self.document.get_line(row)
-        if line[column:].strip() and not force:
+        if line[column:].strip():
             return  # mid-line: a completion would have to push the rest of the line around
         prefix = self.get_text_range((0, 0), self.cursor_location)
         self.post_message(self.CompletionWanted(prefix, line[:column]))
