@@ -467,9 +467,10 @@ class GptuiApp(App):
 
     def watch_inspect(self, inspect: bool) -> None:
         self.set_class(inspect, "-inspect")
-        self.inspector.refresh(layout=True)
-        self.editor.inspect = inspect
-        self.editor.refresh()
+        self.query_one("#inspector", Inspector).refresh(layout=True)
+        editor = self.query_one("#editor", GhostEditor)
+        editor.inspect = inspect
+        editor.refresh()
 
     def action_toggle_focus(self) -> None:
         if self.editor.has_focus:
