@@ -529,3 +529,21 @@ async def test_compare_on_real_backends(tmp_path, tiny_model_dir):
 async def test_compare_cuda_against_fp32(tmp_path, tiny_model_dir):
     rows = await compare_real_backends(tmp_path, tiny_model_dir, ["cuda"])
     assert rows["cuda"][0] == "done (length)", rows
+
+
+@sync
+async def test_look_inside_follows_the_editor_cursor_into_accepted_text(tmp_path):
+    app = make_app(tmp_path, fake(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f5")
+        await type_and_wait_for_ghost(pilot, "def add(a, b):")
+        ghost = app.editor.ghost
+        await pilot.press("tab")
+        app.editor.debounce = 30  # keep the next completion away
+        app.editor.move_cursor((1, 11))  # on the "a" of "    return a + b"
+        await pilot.pause()
+        start = app.editor.document.get_index_from_location((1, 11)) - len("def add(a, b):")
+        expected = max(i for i, (s, _) in enumerate(ghost.tokens) if s <= start)
+        assert app.inspector.request == ghost.request and app.inspector.selected == expected
+        assert ghost.tokens[expected][1].text.strip() == "a"

@@ -244,10 +244,10 @@ class GptuiApp(App):
         self.last_seed = self.settings.seed if self.settings.seed is not None else random.randrange(2**31)
         return self.last_seed
 
-    def _start_readout(self, kind: str, prompt_tokens: int) -> None:
+    def _start_readout(self, kind: str, request: int, prompt_tokens: int) -> None:
         self.readout = Readout(kind, min(prompt_tokens, self.engine.block_size), self.engine.block_size,
                                state="waiting for first token")
-        self.inspector.start(kind, self.engine.encoding)
+        self.inspector.start(kind, request, self.engine.encoding)
         self._dirty = True
 
     def on_ghost_editor_completion_wanted(self, message: GhostEditor.CompletionWanted) -> None:
@@ -261,7 +261,7 @@ class GptuiApp(App):
         prefix = message.prefix[-self.engine.block_size * 16 :]
         ids = encode(self.engine.encoding, prefix)
         params = self.settings.sampling(self.settings.max_tokens, self._seed(), tuple(self.settings.stop))
-        self._start_readout("completion", len(ids))
+        self._start_readout("completion", request, len(ids))
         self.run_generation("complete", request, self.engine, ids, params, BlockStopper(message.line_prefix))
 
     def on_ghost_editor_ghost_dropped(self, message: GhostEditor.GhostDropped) -> None:
@@ -269,6 +269,15 @@ class GptuiApp(App):
             self.workers.cancel_group(self, "complete")
             self.readout.state = f"stopped: {message.reason}"
             self._dirty = True
+
+    def on_ghost_editor_token_under_cursor(self, message: GhostEditor.TokenUnderCursor) -> None:
+        ghost = message.ghost
+        if self.engine is not None and self.inspector.request != ghost.request:
+            # A later completion may be on show: bring back the one the cursor is in.
+            self.inspector.start("accepted completion", ghost.request, self.engine.encoding)
+            self.inspector.tokens = [event for _, event in ghost.tokens]
+        self.inspector.cursor = message.index
+        self.inspector.refresh(layout=True)
 
     def run_generation(self, kind: str, request: int, engine: Engine, ids: list[int], params: SamplingParams,
                        stop_fn=None) -> None:
@@ -348,7 +357,7 @@ class GptuiApp(App):
         self.chat_request = request
         self.chat_turn = (message.instruction, selection, answer, prompt)
         params = self.settings.sampling(self.settings.chat_max_tokens, self._seed())
-        self._start_readout("chat", prompt.used)
+        self._start_readout("chat", request, prompt.used)
         self.run_generation("chat", request, self.engine, prompt.ids, params)
 
     def _finish_chat(self, done: DoneEvent | None) -> None:

@@ -51,6 +51,14 @@ class GhostEditor(TextArea):
             self.prefix = prefix
             self.line_prefix = line_prefix
 
+    class TokenUnderCursor(Message):
+        """The cursor sits on text that token `index` of `ghost`'s completion put there."""
+
+        def __init__(self, ghost: Ghost, index: int) -> None:
+            super().__init__()
+            self.ghost = ghost
+            self.index = index
+
     class GhostDropped(Message):
         """The ghost went away before its generation ended: stop generating it."""
 
@@ -70,12 +78,17 @@ class GhostEditor(TextArea):
         self._edit_kinds: deque[bool] = deque()  # per edit(): did it match the ghost
         self._paint_pending = False  # the ghost grew since the last repaint
         self._rows_cache: tuple[tuple, list] | None = None  # (ghost state, rows) for render_line
+        self._origin = 0  # document index where the current ghost starts
+        # (document index, ghost) of the latest completion text in the buffer, until another edit
+        # moves text around it: what the look-inside view can point at under the cursor.
+        self._taken: tuple[int, Ghost] | None = None
 
     # ---- ghost lifecycle (called by the app) ----
 
     def start_ghost(self, request: int) -> Ghost:
         self.ghost = Ghost(request)
         self._anchor = self.cursor_location
+        self._origin = self.document.get_index_from_location(self._anchor)
         self.refresh_bindings()
         return self.ghost
 
@@ -156,6 +169,7 @@ class GhostEditor(TextArea):
             if not matched:
                 self.drop_ghost("typed")
         self._edit_kinds.append(matched)
+        self._taken = (self._origin, self.ghost) if matched else None
         result = super().edit(edit)
         if matched:
             self._anchor = self.cursor_location
@@ -169,6 +183,7 @@ class GhostEditor(TextArea):
         # a redo or a load, which moves text under the ghost.
         matched = self._edit_kinds.popleft() if self._edit_kinds else None
         if matched is None:
+            self._taken = None
             self.drop_ghost("undo")
         elif not matched or self.ghost is None:
             self._schedule()
@@ -176,6 +191,13 @@ class GhostEditor(TextArea):
     def _on_text_area_selection_changed(self, event: TextArea.SelectionChanged) -> None:
         if self.ghost is not None and (not self.selection.is_empty or self.cursor_location != self._anchor):
             self.drop_ghost("cursor moved")
+        if self.inspect and self._taken is not None:
+            origin, ghost = self._taken
+            offset = self.document.get_index_from_location(self.cursor_location) - origin
+            if 0 <= offset <= ghost.consumed and ghost.consumed:
+                offset = min(offset, ghost.consumed - 1)  # at the end of the text: its last token
+                index = max(i for i, (start, _) in enumerate(ghost.tokens) if start <= offset)
+                self.post_message(self.TokenUnderCursor(ghost, index))
 
     def _schedule(self) -> None:
         if self._timer is not None:

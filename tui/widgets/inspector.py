@@ -42,7 +42,8 @@ def token_label(encoding: tiktoken.Encoding | None, token: int) -> str:
 
 
 class Inspector(Widget, can_focus=True):
-    """Shows one generation's tokens; left/right (or a click) picks the token to explain."""
+    """Shows one generation's tokens; left/right, a click, or the editor's cursor on completed
+    text picks the token to explain."""
 
     BINDINGS = [
         Binding("left", "move(-1)", "Previous token", id="inspect.previous", show=False),
@@ -59,9 +60,10 @@ class Inspector(Widget, can_focus=True):
         self.tokens: list[TokenEvent] = []
         self.encoding: tiktoken.Encoding | None = None
         self.title = ""
+        self.request = 0  # the generation shown
 
-    def start(self, title: str, encoding: tiktoken.Encoding) -> None:
-        self.title, self.encoding, self.tokens = title, encoding, []
+    def start(self, title: str, request: int, encoding: tiktoken.Encoding) -> None:
+        self.title, self.request, self.encoding, self.tokens = title, request, encoding, []
         self.cursor = -1
         self.refresh(layout=True)
 
