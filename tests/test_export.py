@@ -97,8 +97,8 @@ def test_bench_measures_every_backend_and_writes_markdown_and_json(exported_dir,
         assert rows[name]["decode_tokens_per_s"] > 0 and rows[name]["ttft_ms"] > 0 and rows[name]["bytes"] > 0
     # the fp32 backends score the same text identically
     assert rows["onnx-fp32"]["loss"] == pytest.approx(rows["torch-fp32"]["loss"], abs=1e-3)
-    if "hf-generate (fp32)" in rows:
-        assert rows["hf-generate (fp32)"]["loss"] == pytest.approx(rows["torch-fp32"]["loss"], abs=1e-3)
+    if "hf-generate (fp32, cpu)" in rows:
+        assert rows["hf-generate (fp32, cpu)"]["loss"] == pytest.approx(rows["torch-fp32"]["loss"], abs=1e-3)
         assert rows["torch-fp32"]["decode_vs_hf"] > 0
     table = (tmp_path / "b.md").read_text()
     assert all(f"| {name} |" in table for name in rows)

@@ -93,7 +93,7 @@ def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int
         log(f"peers skipped: {e}")
         return
     log("hf-generate: loading")
-    name = "hf-generate (fp32)"
+    name = "hf-generate (fp32, cpu)"
     engines[name] = functools.partial(bm.hf_run, hf, prompt, new_tokens)
     info[name] = (sum(p.numel() * p.element_size() for p in hf.parameters()),
                   bm.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None)
@@ -109,7 +109,7 @@ def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int
         save_hf_copy(folder, hf_dir)
     generator = bm.ct2_generator(hf_dir, work / "ct2-int8", threads)
     vocab = {i: token for token, i in json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8")).items()}
-    name = "ctranslate2 (int8)"
+    name = "ctranslate2 (int8, cpu)"
     engines[name] = functools.partial(bm.ct2_run, generator, [vocab[i] for i in prompt], new_tokens)
     info[name] = ((work / "ct2-int8" / "model.bin").stat().st_size, None)
 
