@@ -37,6 +37,11 @@ def test_completions_stop_at_the_end_of_the_block(line, text, kept, reason):
     assert stop(line, text) == (kept, reason)
 
 
+def test_docstrings_keep_their_blank_lines():
+    text = '\n    """Read lines.\n\n    Args:\npath: a file\n    """\n    return open(path).readlines()\n\nx'
+    assert stop("def read_lines(path):", text) == (text[: text.index("\n\nx")], "blank line")
+
+
 def test_a_block_still_running_does_not_stop():
     assert stop("def f(x):", "\n    y = x\n    return y") is None
     assert stop("def f(x):", "\n    y = x\n   ") is None  # indentation of a line not yet written

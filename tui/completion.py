@@ -36,7 +36,8 @@ class BlockStopper:
     (the cursor's line, or the first generated line when the cursor's line is empty) sets the
     block: a later line indented less ends it, and so does one at the same indentation when the
     first line opened a block (`def f():` ... `def g():`). A blank line after some code ends the
-    completion too. Blank lines before any code are kept.
+    completion too. Blank lines before any code are kept, and so is every line inside a
+    triple-quoted string (docstrings have blank and dedented lines).
     """
 
     def __init__(self, line_prefix: str):
@@ -49,10 +50,16 @@ class BlockStopper:
         opens_block = False
         position = 0  # where the current line starts in `full`
         lines = full.split("\n")
+        in_string = False  # inside a triple-quoted string
         for number, line in enumerate(lines):
             complete = number < len(lines) - 1  # followed by a newline
             start = position
             position += len(line) + 1
+            started_in_string = in_string
+            if (line.count('"""') + line.count("'''")) % 2:
+                in_string = not in_string
+            if started_in_string:
+                continue
             if not line.strip():
                 if base_indent is not None and complete:
                     return start - 1 - offset, "blank line"  # cut before the newline ending the code
