@@ -35,47 +35,65 @@ class SamplingParams:
 
 
 class Sampler:
-    """Stateful only in its random generator, so a seed fixes the whole sequence."""
+    """Stateful only in its random generator, so a seed fixes the whole sequence.
+
+    Works on the device the logits live on: a GPU backend hands over GPU logits, and only the
+    chosen token and its log-prob cross to the host (one synchronisation per token).
+    """
 
     def __init__(self, params: SamplingParams, vocab_size: int):
         self.params = params
         self.vocab_size = vocab_size  # real tokens; logits beyond it are padding and never chosen
-        self.generator = torch.Generator()
-        if params.seed is not None:
-            self.generator.manual_seed(params.seed)
-        else:
-            self.generator.seed()
+        self.generator: torch.Generator | None = None  # made on the logits' device at first use
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.generator is None:
+            self.generator = torch.Generator(device=device)
+            if self.params.seed is not None:
+                self.generator.manual_seed(self.params.seed)
+            else:
+                self.generator.seed()
+        return self.generator
 
     def __call__(self, logits: torch.Tensor, history: list[int], alternatives: int = 0):
         """(token id, its log-prob under the model, top alternatives as [(id, log-prob)])."""
         logits = logits[: self.vocab_size].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         token = self._choose(logits, history)
+        token_id, logprob = torch.stack([token.to(logprobs.dtype), logprobs[token]]).tolist()
         top = []
         if alternatives:
             values, ids = torch.topk(logprobs, alternatives)
             top = list(zip(ids.tolist(), values.tolist()))
-        return token, float(logprobs[token]), top
+        return int(token_id), logprob, top
 
-    def _choose(self, logits: torch.Tensor, history: list[int]) -> int:
+    def _choose(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
+        """The chosen token id as a 0-d tensor on the logits' device (no host sync here)."""
         p = self.params
         if p.repetition_penalty != 1.0 and history:
-            seen = torch.tensor(sorted(set(history)), dtype=torch.long)
+            seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
             seen = seen[seen < self.vocab_size]
             vals = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if p.temperature == 0:
-            return int(torch.argmax(logits))
+            return torch.argmax(logits)
         logits = logits / p.temperature
-        if p.top_k and p.top_k < logits.numel():
-            kth = torch.topk(logits, p.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        vocab = logits.numel()
+        if p.top_k and p.top_k < vocab:
+            top_logits, ids = torch.topk(logits, p.top_k)  # sorted, most likely first
+            probs = torch.softmax(top_logits, dim=-1)  # renormalised over the k kept
+        elif p.top_p < 1.0:
+            # The nucleus nearly always lies among the few hundred likeliest tokens: take those
+            # with topk, and sort the whole vocabulary only when they fall short of top_p.
+            full = torch.softmax(logits, dim=-1)
+            probs, ids = torch.topk(full, min(256, vocab))
+            if probs.sum() < p.top_p:
+                probs, ids = torch.sort(full, descending=True)
+        else:
+            probs, ids = torch.softmax(logits, dim=-1), None
         if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the token that crosses
-            logits = logits.clone()
-            logits[order[drop]] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            keep = probs.cumsum(-1) - probs < p.top_p  # the smallest prefix reaching top_p
+            probs, ids = probs[keep], ids[keep]
+        choice = torch.multinomial(probs, 1, generator=self._generator(logits.device))[0]
+        return choice if ids is None else ids[choice]

@@ -30,7 +30,7 @@ def reference_logits(folder, ids: list[int]) -> torch.Tensor:
 def stepwise_logits(backend, ids: list[int], prefill: int) -> torch.Tensor:
     """Logits after each token from prefill-1 on: one prefill of ids[:prefill], then one decode per token."""
     rows = [backend.prefill(ids[:prefill])] + [backend.decode(t) for t in ids[prefill:]]
-    return torch.stack(rows)
+    return torch.stack(rows).cpu()  # a GPU backend hands back logits on its device
 
 
 def random_ids(n: int, seed: int = 0, vocab: int = 50257) -> list[int]:

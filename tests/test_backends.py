@@ -139,3 +139,20 @@ def test_cuda_backend_tracks_fp32_on_a_gpu(mode, tiny_model_dir):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() >= 0.9
     # a second sequence through the same captured graph starts clean
     assert torch.allclose(backend.prefill(ids[:10]), CudaBackend(load_model(tiny_model_dir)[0], mode=mode).prefill(ids[:10]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampling_on_gpu_logits_is_seeded_and_greedy_matches_argmax(tiny_model_dir):
+    from gptui.core.generate import TokenEvent, generate
+    from gptui.core.sampling import SamplingParams
+    from gptui.core.tokenizer import get_encoding
+
+    backend = CudaBackend(load_model(tiny_model_dir)[0])
+    enc = get_encoding("gpt2-code")
+    runs = [[e.token_id for e in generate(backend, enc, [1, 2, 3], SamplingParams(temperature=1.0, seed=5, max_tokens=20))
+             if isinstance(e, TokenEvent)] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 20
+    greedy = [e for e in generate(backend, enc, [1, 2, 3], SamplingParams(temperature=0, max_tokens=5), alternatives=3)
+              if isinstance(e, TokenEvent)]
+    assert all(e.top[0][0] == e.token_id for e in greedy)

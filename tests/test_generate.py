@@ -186,3 +186,20 @@ def test_padding_logits_are_never_sampled():
     logits[120:] = 100.0  # padding rows beyond the real vocabulary
     sampler = Sampler(SamplingParams(temperature=1.0, seed=0), vocab_size=100)
     assert all(sampler(logits, [])[0] < 100 for _ in range(50))
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probs)
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.75, seed=0), vocab_size=4)
+    seen = {sampler(logits, [])[0] for _ in range(300)}
+    assert seen == {0, 1}  # 0.5 < 0.75, 0.5 + 0.3 reaches it: token 2 and 3 never come
+    flat = Sampler(SamplingParams(temperature=1.0, top_p=0.9, seed=0), vocab_size=1000)
+    spread = {flat(torch.zeros(1000), [])[0] for _ in range(2000)}  # uniform: the nucleus is 900 tokens,
+    assert 256 < len(spread) <= 900  # more than the fast path's candidate set, never past the nucleus
+
+
+def test_top_k_limits_choices_to_the_k_likeliest():
+    logits = torch.arange(100, dtype=torch.float32) / 10
+    sampler = Sampler(SamplingParams(temperature=5.0, top_k=3, seed=1), vocab_size=100)
+    assert {sampler(logits, [])[0] for _ in range(200)} == {97, 98, 99}

@@ -10,8 +10,9 @@ import torch
 class Backend(ABC):
     """A model ready to run: prefill a prompt, then decode one token at a time.
 
-    Backends hold their own KV cache and position. Logits come back as a 1-D float32 CPU
-    tensor over the padded vocabulary (the sampler ignores padding).
+    Backends hold their own KV cache and position. Logits come back as a 1-D float32 tensor
+    over the padded vocabulary (the sampler ignores padding), on the backend's device: a GPU
+    backend's stay on the GPU and the sampler works there.
     """
 
     name: str = ""

@@ -109,7 +109,7 @@ class CudaBackend(Backend):
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         logits = self.model(idx, pos=0, last_only=True)
         self.position = len(ids)
-        return logits[0, -1].float().cpu()
+        return logits[0, -1].float()  # stays on the GPU: the sampler works there
 
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
@@ -121,7 +121,7 @@ class CudaBackend(Backend):
         else:
             logits = self.step(self.token, self.pos)
         self.position += 1
-        return logits[0, -1].cpu()
+        return logits[0, -1].clone()  # on the GPU; a copy, since the next replay overwrites static_logits
 
     @torch.inference_mode()
     def logits_all(self, ids: list[int]) -> torch.Tensor:
