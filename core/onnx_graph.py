@@ -33,6 +33,9 @@ from .config import GPTConfig
 from .errors import GptuiError
 
 OPSET = 21
+# The file format version written: onnx's newest (14 in onnx 1.23) is newer than ONNX Runtime
+# releases of a year ago accept (1.30 stops at 11). Opset 21 needs IR 10, which ORT >= 1.18 reads.
+IR_VERSION = 10
 MS_DOMAIN = "com.microsoft"
 INT8_BLOCK = 128  # MatMulNBits block along the input dimension (measured fastest at width 384)
 
@@ -203,7 +206,7 @@ class _GraphBuilder:
                 outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT,
                                                              ["batch", nh, "total_sequence", hs]))
         graph = helper.make_graph(self.nodes, "gptui", inputs, outputs, list(self.initializers.values()))
-        return helper.make_model(graph, producer_name="gptui", opset_imports=[
+        return helper.make_model(graph, producer_name="gptui", ir_version=IR_VERSION, opset_imports=[
             helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
 
 

@@ -141,3 +141,11 @@ def test_onnx_runtime_quantizers_give_usable_int8_models(exported_dir, tmp_path,
     expected = reference_logits(exported_dir, ids)
     got = backend.logits_all(ids)
     assert (got - expected).abs().max().item() < 0.1 * expected.abs().max().item()
+
+
+def test_exported_files_use_a_format_version_older_onnx_runtimes_read(exported_dir):
+    import onnx
+
+    for name in ("model-fp32.onnx", "model-int8.onnx"):
+        model = onnx.load(str(exported_dir / "onnx" / name), load_external_data=False)
+        assert model.ir_version <= 10  # ONNX Runtime 1.30 (the GPU image's) refuses IR 11+
