@@ -116,3 +116,19 @@ def test_generated_code_gets_no_network():
         assert not run_program(probe, prefix=prefix)
     finally:
         server.close()
+
+
+def test_doctests_that_never_call_the_body_are_not_counted(tmp_path):
+    path = tmp_path / "shadow.py"
+    path.write_text(textwrap.dedent('''
+        def length(items):
+            """
+            >>> from os.path import join
+            >>> join("a", "b")
+            'a/b'
+            """
+            return len(items)
+    '''))
+    problem = find_problems([path])[0]
+    result = evaluate(Replay("    return 0\n"), get_encoding("gpt2-code"), [problem])
+    assert result.problems == 0  # passes with any body, so it checks nothing

@@ -34,6 +34,10 @@ sys.exit(0 if _r.attempted and not _r.failed else 1)
 """
 
 
+# A body that fails whenever it runs: doctests that still pass with it do not test the function.
+SABOTAGED_BODY = '    raise AssertionError("gptui: body removed")\n'
+
+
 @dataclass
 class Problem:
     """One function with doctests: the model sees `prompt` and must write the body."""
@@ -52,7 +56,7 @@ class Problem:
 
 @dataclass
 class Result:
-    problems: int = 0  # functions whose original body passes its own doctests
+    problems: int = 0  # functions whose doctests pass with the original body and fail without it
     passed: int = 0  # of those, how many the model's body passes
     details: list[dict] = field(default_factory=list)
 
@@ -164,6 +168,8 @@ def evaluate(backend: Backend, encoding, problems: list[Problem], max_tokens: in
             break
         if not run_program(problem.program(problem.original), prefix=prefix):
             continue  # the harness cannot check this one (needs files, network, other modules...)
+        if run_program(problem.program(SABOTAGED_BODY), prefix=prefix):
+            continue  # its doctests never call this body (e.g. they import the installed library's copy)
         body = complete_body(backend, encoding, problem, max_tokens)
         ok = run_program(problem.program(body), prefix=prefix)
         result.problems += 1
