@@ -8,21 +8,7 @@ from pathlib import Path
 import click
 
 from ..core import __version__
-from ..core.errors import GptuiError
-
-
-def fail_cleanly(fn):
-    """User errors become one line and exit 1."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GptuiError as e:
-            raise click.ClickException(str(e)) from None
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
+from ..core.errors import GptuiError, fail_cleanly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,7 +46,7 @@ def init(preset, out, encoding, seed, force):
     click.echo(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters, {encoding})", err=True)
 
 
-from .commands import evaluate, funceval, plot, prepare, pretrain, sft  # noqa: E402  (they use fail_cleanly from above)
+from .commands import evaluate, funceval, plot, prepare, pretrain, sft  # noqa: E402
 
 for _command in (prepare, pretrain, sft, evaluate, funceval, plot):
     main.add_command(_command)

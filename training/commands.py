@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from ..core.errors import GptuiError
-from .cli import fail_cleanly
+from ..core.errors import fail_cleanly
 
 GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 

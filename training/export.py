@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..core.errors import GptuiError
+from ..core.errors import GptuiError, fail_cleanly
 
 INT8_METHODS = ("block", "dynamic", "dynamic-per-channel", "static")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -111,15 +111,9 @@ def _losses(folder: Path, eval_data: Path | None, eval_py_dirs: list[Path], toke
               help="Folder of .py files for the same purpose (repeatable).")
 @click.option("--eval-tokens", type=int, default=65536, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an --out folder that holds something else.")
+@fail_cleanly
 def export(model, out, dtype, int8, hf, eval_data, eval_py_dirs, eval_tokens, force):
     """Write MODEL's export folder: weights, ONNX fp32 + INT8, a Hugging Face copy, sizes in card.json."""
-    try:
-        _export(model, out, dtype, int8, hf, eval_data, eval_py_dirs, eval_tokens, force)
-    except GptuiError as e:  # one line and exit 1 (this module is imported by cli.py, so no fail_cleanly here)
-        raise click.ClickException(str(e)) from None
-
-
-def _export(model, out, dtype, int8, hf, eval_data, eval_py_dirs, eval_tokens, force):
     from ..core.checkpoint import CARD, CONFIG, read_json
     from ..core.registry import resolve
 

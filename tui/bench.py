@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from ..core.errors import fail_cleanly
+
 DEFAULT_BACKENDS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
 
 
@@ -148,17 +150,10 @@ def markdown(result: dict) -> str:
 @click.option("--peers/--no-peers", default=True, show_default=True, help="Also time HF generate and CTranslate2.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
+@fail_cleanly
 def bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path):
     """Measure every backend on this machine: loss, size, first-token latency, decode speed."""
-    from ..core.errors import GptuiError
-
-    try:
-        _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path)
-    except GptuiError as e:  # one line and exit 1 (this module is imported by cli.py, so no fail_cleanly here)
-        raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted", err=True)
-        raise SystemExit(130) from None
+    _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path)
 
 
 def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..core import __version__
-from ..core.errors import GptuiError
+from ..core.errors import GptuiError, fail_cleanly
 from ..core.sampling import SamplingParams
 
 BACKEND_HELP = "torch-fp32, torch-int8, onnx-fp32, onnx-int8, cuda (see `gptui bench`)"
@@ -21,24 +21,6 @@ class DefaultGroup(click.Group):
         if not args or args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["complete", *args]
         return super().parse_args(ctx, args)
-
-
-def fail_cleanly(fn):
-    """Turn user errors into one line and exit 1, Ctrl-C into exit 130."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GptuiError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            sys.stdout.flush()
-            click.echo("\ninterrupted", err=True)
-            sys.exit(130)
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
