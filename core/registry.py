@@ -88,6 +88,19 @@ def default_model_name() -> str:
     )
 
 
+def restore_hint(folder: Path, error: GptuiError) -> GptuiError:
+    """For a damaged shipped model, add how to get it back; other errors pass through."""
+    try:
+        shipped = Path(folder).resolve().parent == shipped_dir().resolve()
+    except OSError:
+        shipped = False
+    if not shipped:
+        return error
+    return GptuiError(f"{error}; the shipped model is damaged: restore it with "
+                      f"`git checkout -- exports/{Path(folder).name}` in a source checkout, "
+                      "or `pip install --force-reinstall gptui`")
+
+
 def resolve(name_or_path: str | None) -> Path:
     """A model folder from a name (user models first, then shipped) or a path."""
     name = name_or_path or default_model_name()

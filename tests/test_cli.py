@@ -133,3 +133,20 @@ def test_ctrl_c_flushes_output_and_exits_130(tiny_model_dir):
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert first and b"Traceback" not in err
+
+
+def test_a_damaged_shipped_model_says_how_to_restore_it(tiny_model_dir, tmp_path, monkeypatch):
+    from gptui.core import registry
+
+    shipped = tmp_path / "exports"
+    (shipped / "gptui-small").mkdir(parents=True)
+    for f in tiny_model_dir.iterdir():
+        (shipped / "gptui-small" / f.name).write_bytes(f.read_bytes())
+    weights = shipped / "gptui-small" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    monkeypatch.setattr(registry, "shipped_dir", lambda: shipped)
+    result = invoke(["--model", "gptui-small", "x"])
+    assert_one_line_error(result, "restore it")
+    listing = invoke(["models", "--check"])
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("gptui-small"))
+    assert "broken" in row

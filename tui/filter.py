@@ -12,7 +12,7 @@ from ..core.checkpoint import read_config
 from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, generate
 from ..core.prompt import format_prompt
-from ..core.registry import resolve
+from ..core.registry import resolve, restore_hint
 from ..core.sampling import SamplingParams
 from ..core.tokenizer import encode, get_encoding
 
@@ -60,9 +60,12 @@ def run_filter(
     instruct: bool = False,
 ) -> DoneEvent:
     folder = resolve(model)
-    _config, encoding_name, _ = read_config(folder)
-    encoding = get_encoding(encoding_name)
-    backend = load_backend(backend_name, folder)
+    try:
+        _config, encoding_name, _ = read_config(folder)
+        encoding = get_encoding(encoding_name)
+        backend = load_backend(backend_name, folder)
+    except GptuiError as e:
+        raise restore_hint(folder, e) from None
     if instruct:
         prompt = format_prompt(prompt)
     ids = encode(encoding, prompt)
