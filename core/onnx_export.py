@@ -60,8 +60,6 @@ def fp32_state(folder: str | Path) -> dict[str, np.ndarray]:
 def build_onnx(folder: str | Path, kind: str, out: str | Path, progress: Progress | None = None,
                fingerprint: str | None = None) -> Path:
     """Write the ONNX model of the checkpoint in `folder` to `out` (atomically)."""
-    import onnx
-
     from .onnx_graph import build_model
 
     report = progress or (lambda fraction, message: None)
