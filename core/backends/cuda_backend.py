@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
-from .base import Backend
+from .torch_backend import TorchBackend
 
 MODES = ("graph", "compile", "eager")  # CUDA graph by hand, torch.compile(reduce-overhead), neither
 
@@ -49,7 +49,9 @@ class StaticDecoder:
         return self.model.lm_head(t.ln_f(x)).float()  # (1, 1, V)
 
 
-class CudaBackend(Backend):
+class CudaBackend(TorchBackend):
+    """TorchBackend on a GPU (its logits_all and nbytes apply as they are), decoding by graph replay."""
+
     def __init__(self, model: GPT, name: str = "cuda", device: str | torch.device = "cuda",
                  dtype: torch.dtype = torch.bfloat16, mode: str = "graph"):
         if mode not in MODES:
@@ -123,13 +125,3 @@ class CudaBackend(Backend):
         self.position += 1
         return logits[0, -1].clone()  # on the GPU; a copy, since the next replay overwrites static_logits
 
-    @torch.inference_mode()
-    def logits_all(self, ids: list[int]) -> torch.Tensor:
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(idx, pos=0)
-        self.position = len(ids)
-        return logits[0].float().cpu()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
