@@ -1,11 +1,12 @@
 """Batch-1 decode on one NVIDIA GPU: the cuda backend next to Hugging Face generate, same weights.
 
     python bench/decode_gpu.py                      # GPT-2 124M, random weights
-    python bench/decode_gpu.py --preset small --modes graph,compile,eager
+    python bench/decode_gpu.py --preset small --modes graph,compile,autotune,eager
+    python bench/decode_gpu.py --profile            # where one decode step spends its GPU time
 
 Ours: the cuda backend (bf16 weights, static KV cache) with its decode step captured as a CUDA
-graph ("graph"), compiled by torch.compile in reduce-overhead mode ("compile"), or launched
-kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LMHeadModel.generate
+graph ("graph"), compiled by torch.compile in reduce-overhead mode ("compile") or max-autotune
+mode ("autotune"), or launched kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LMHeadModel.generate
 (use_cache=True, greedy) on the same GPU, in bf16 and in fp32. Same prompt, same run.
 """
 
@@ -32,7 +33,8 @@ from gptui.core.tokenizer import get_encoding
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2")
-    parser.add_argument("--modes", default="graph,eager", help="Comma-separated: graph, compile, eager.")
+    parser.add_argument("--modes", default="graph,eager", help="Comma-separated: graph, compile, autotune, eager.")
+    parser.add_argument("--profile", action="store_true", help="Only profile the kernels of eager decode steps.")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("decode_gpu.py needs a CUDA GPU")
     encoding = get_encoding("gpt2-code")
     prompt = bm.code_tokens([bm.stdlib_dir()], "gpt2-code", args.prompt_tokens)
+    if args.profile:
+        return profile(args.preset, prompt)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / args.preset
         torch.manual_seed(0)
@@ -68,6 +72,24 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps({"args": {**vars(args), "json": str(args.json)}, "rows": rows}, indent=2) + "\n")
+
+
+def profile(preset_name: str, prompt: list[int], steps: int = 20) -> None:
+    """GPU time per kernel over eager decode steps: the same kernels the captured graph replays."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    backend = CudaBackend(GPT(preset(preset_name, vocab_size=get_encoding("gpt2-code").n_vocab)), mode="eager")
+    backend.prefill(prompt)
+    for token in range(5):
+        backend.decode(token)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for token in range(steps):
+            backend.decode(token)
+        torch.cuda.synchronize()
+    print(f"{steps} eager decode steps of {preset_name} at position {backend.position - steps}:")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from ..errors import GptuiError
 from ..model import GPT
 from .torch_backend import TorchBackend
 
-MODES = ("graph", "compile", "eager")  # CUDA graph by hand, torch.compile(reduce-overhead), neither
+# CUDA graph by hand; torch.compile in reduce-overhead mode (fusions + its own CUDA graphs); the same
+# with max-autotune (Triton matmul templates tried against cuBLAS; minutes to compile); neither.
+MODES = ("graph", "compile", "autotune", "eager")
 
 
 class StaticDecoder:
@@ -69,8 +71,9 @@ class CudaBackend(TorchBackend):
             self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.step = self.decoder.step
         self.graph = None
-        if mode == "compile":
-            self.step = torch.compile(self.decoder.step, mode="reduce-overhead", fullgraph=True)
+        if mode in ("compile", "autotune"):
+            self.step = torch.compile(self.decoder.step, fullgraph=True,
+                                      mode="reduce-overhead" if mode == "compile" else "max-autotune")
         elif mode == "graph":
             self._capture()
 
