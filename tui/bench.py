@@ -9,6 +9,7 @@ when installed (`pip install 'gptui[bench]'`).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -61,7 +62,12 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
     if peers:
         _add_peers(folder, loss_windows, prompt, new_tokens, threads, engines, info, log)
     log(f"timing {', '.join(engines)}: {runs} runs each, in turns")
-    speeds = bm.interleaved(engines, runs)
+    try:
+        speeds = bm.interleaved(engines, runs)
+    finally:
+        for engine in engines.values():
+            if isinstance(engine, bm.Ct2Process):
+                engine.close()
     rows = []
     for name, speed in speeds.items():
         size, loss = info[name]
@@ -99,20 +105,18 @@ def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int
     engines[name] = functools.partial(bm.hf_run, hf, prompt, new_tokens)
     info[name] = (sum(p.numel() * p.element_size() for p in hf.parameters()),
                   bm.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None)
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ctranslate2") is None:
         log("ctranslate2 not installed: skipping its row (pip install 'gptui[bench]')")
         return
     work = cache_dir() / "peers" / weights_fingerprint(folder)[:32]
     hf_dir = work / "hf"
     if not (hf_dir / "model.safetensors").is_file():
-        log("ctranslate2: writing the Hugging Face copy and converting it to int8")
+        log("ctranslate2: writing the Hugging Face copy")
         save_hf_copy(folder, hf_dir)
-    generator = bm.ct2_generator(hf_dir, work / "ct2-int8", threads)
+    log("ctranslate2: loading (int8, in its own process)")
     vocab = {i: token for token, i in json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8")).items()}
     name = "ctranslate2 (int8, cpu)"
-    engines[name] = functools.partial(bm.ct2_run, generator, [vocab[i] for i in prompt], new_tokens)
+    engines[name] = bm.Ct2Process(hf_dir, work / "ct2-int8", threads, [vocab[i] for i in prompt], new_tokens)
     info[name] = ((work / "ct2-int8" / "model.bin").stat().st_size, None)
 
 
