@@ -43,7 +43,7 @@ def measure(preset_name: str, prompt_tokens: int, new_tokens: int, runs: int) ->
         theirs = load_hf_model(folder)
         speeds = bm.interleaved({"ours": functools.partial(bm.backend_run, ours, encoding, prompt, new_tokens),
                                  "hf": functools.partial(bm.hf_run, theirs, prompt, new_tokens)}, runs)
-    result = {"preset": preset_name, "params": ours.model.num_params(),
+    result = {"preset": preset_name, "params": ours.params,
               **{who: speed.as_dict() for who, speed in speeds.items()}}
     result["decode_speedup"] = round(result["ours"]["decode_tokens_per_s"] / result["hf"]["decode_tokens_per_s"], 2)
     result["ttft_speedup"] = round(result["hf"]["ttft_ms"] / result["ours"]["ttft_ms"], 2)

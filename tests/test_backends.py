@@ -9,6 +9,7 @@ import torch
 
 from gptui.core.backends import BACKENDS, load_backend
 from gptui.core.backends.cuda_backend import CudaBackend
+from gptui.core.backends.torch_backend import PackedLinear, onednn_available
 from gptui.core.checkpoint import load_model
 from gptui.core.errors import GptuiError
 from gptui.core.generate import DoneEvent, generate
@@ -36,6 +37,15 @@ def test_fp32_backends_match_a_full_forward_at_every_step(name, exported_dir):
     got = stepwise_logits(backend, ids, prefill=5)
     assert (got - expected).abs().max().item() < 1e-4
     assert backend.position == 64
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_torch_fp32_multiplies_through_prepacked_onednn_weights(exported_dir):
+    """Every matrix, the tied head included, is packed; the size reported stays the fp32 checkpoint's."""
+    backend = load_backend("torch-fp32", exported_dir)
+    assert not any(isinstance(m, torch.nn.Linear) for m in backend.model.modules())
+    assert isinstance(backend.model.lm_head, PackedLinear)
+    assert backend.nbytes == 4 * backend.model.config.num_params()
 
 
 @pytest.mark.parametrize("name", FP32 + INT8)

@@ -62,6 +62,7 @@ class CudaBackend(TorchBackend):
         self.device = torch.device(device)
         self.mode = mode
         self.block_size = model.config.block_size
+        self.params = model.config.num_params()
         self.position = 0
         with torch.inference_mode():
             self.model = model.to(device=self.device, dtype=dtype).eval()
