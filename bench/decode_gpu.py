@@ -90,6 +90,15 @@ def profile(preset_name: str, prompt: list[int], steps: int = 20) -> None:
         torch.cuda.synchronize()
     print(f"{steps} eager decode steps of {preset_name} at position {backend.position - steps}:")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=60))
+    graph = CudaBackend(backend.model, mode="graph")
+    graph.prefill(prompt)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps * 10):
+        graph.graph.replay()
+    end.record()
+    end.synchronize()
+    print(f"graph replay alone: {start.elapsed_time(end) / (steps * 10):.3f} ms per decode step")
 
 
 if __name__ == "__main__":

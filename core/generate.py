@@ -60,6 +60,10 @@ class ContextWindow:
         self.ids = list(prompt[-self.block_size :])
         return self.backend.prefill(self.ids)
 
+    def launch(self, token: torch.Tensor) -> bool:
+        """Queue the decode of a token still on the device, unless pushing it will slide the window."""
+        return len(self.ids) < self.block_size and self.backend.launch(token)
+
     def push(self, token: int) -> torch.Tensor:
         if len(self.ids) >= self.block_size:
             self.ids = self.ids[self.slide :] + [token]
@@ -104,7 +108,8 @@ def generate(
             if should_cancel is not None and should_cancel():
                 reason = "cancelled"
                 break
-            token, logprob, top = sampler(logits, history, alternatives)
+            launch = window.launch if n + 1 < params.max_tokens else None  # another step may follow
+            token, logprob, top = sampler(logits, history, alternatives, launch)
             now = time.perf_counter()
             first_time = first_time or now
             if stop_at_eos and token == encoding.eot_token:

@@ -17,13 +17,23 @@ from .config import GPTConfig
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values for one attention layer."""
+    """Preallocated keys and values for one attention layer, in one buffer (2, B, nh, L, hs).
+
+    Keeping both in one tensor lets a decode step write its new key and value with one copy.
+    """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, device=None, dtype=None):
         super().__init__()
-        shape = (batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        shape = (2, batch, n_head, max_len, head_dim)
+        self.register_buffer("kv", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.kv[0]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.kv[1]
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return everything up to there."""

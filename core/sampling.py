@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,7 @@ class Sampler:
         self.params = params
         self.vocab_size = vocab_size  # real tokens; logits beyond it are padding and never chosen
         self.generator: torch.Generator | None = None  # made on the logits' device at first use
+        self._pinned: torch.Tensor | None = None  # page-locked host slot the chosen id is copied to
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self.generator is None:
@@ -55,12 +57,29 @@ class Sampler:
                 self.generator.seed()
         return self.generator
 
-    def __call__(self, logits: torch.Tensor, history: list[int], alternatives: int = 0):
-        """(token id, its log-prob under the model, top alternatives as [(id, log-prob)])."""
+    def __call__(self, logits: torch.Tensor, history: list[int], alternatives: int = 0,
+                 launch: Callable[[torch.Tensor], bool] | None = None):
+        """(token id, its log-prob under the model, top alternatives as [(id, log-prob)]).
+
+        launch, if given, gets the chosen id as a device tensor before the host reads it (see
+        Backend.launch): on a GPU the next decode step then runs while this one is read back.
+        """
         logits = logits[: self.vocab_size].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         token = self._choose(logits, history)
-        token_id, logprob = torch.stack([token.to(logprobs.dtype), logprobs[token]]).tolist()
+        pair = torch.stack([token.to(logprobs.dtype), logprobs[token]])
+        if launch is not None and pair.is_cuda:
+            if self._pinned is None:
+                self._pinned = torch.empty(2, dtype=pair.dtype, pin_memory=True)
+            self._pinned.copy_(pair, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            launch(token)  # queued behind the copy, so the copy does not wait for it
+            ready.synchronize()
+            pair = self._pinned
+        elif launch is not None:
+            launch(token)
+        token_id, logprob = pair.tolist()
         top = []
         if alternatives:
             values, ids = torch.topk(logprobs, alternatives)

@@ -106,6 +106,33 @@ def test_generation_past_the_context_matches_torch(name, exported_dir):
         assert sum(a == b for a, b in zip(ours, reference)) / len(reference) >= 0.5
 
 
+class CountingLaunches(CudaBackend):
+    launched = 0
+
+    def launch(self, token):
+        self.launched += 1
+        return super().launch(token)
+
+
+@pytest.mark.parametrize("temperature", (0.0, 0.9))
+def test_decode_launched_before_the_host_reads_the_token_changes_nothing(temperature, exported_dir):
+    """The cuda backend queues each decode step from the sampler's device tensor (Backend.launch);
+    across window slides, stop strings and a second prompt, the tokens are torch-fp32's."""
+    encoding = get_encoding("gpt2-code")
+    prompts = [random_ids(20, seed=17), random_ids(50, seed=18)]
+
+    def run(backend, params):
+        return [[e.token_id for e in generate(backend, encoding, p, params, stop_at_eos=False) if not isinstance(e, DoneEvent)]
+                for p in prompts]
+
+    launching = CountingLaunches(load_model(exported_dir)[0], device="cpu", dtype=torch.float32, mode="eager")
+    reference = load_backend("torch-fp32", exported_dir)
+    for params in (SamplingParams(temperature=temperature, seed=3, max_tokens=150),
+                   SamplingParams(temperature=temperature, seed=3, max_tokens=40, stop=("e",))):
+        assert run(launching, params) == run(reference, params)
+    assert launching.launched > 100  # the launched path really ran (not on the steps that slide)
+
+
 def test_int8_backends_hold_under_a_third_of_the_fp32_bytes(exported_dir):
     fp32 = {name: load_backend(name, exported_dir).nbytes for name in FP32}
     for name, base in zip(INT8, FP32):
@@ -166,3 +193,16 @@ def test_sampling_on_gpu_logits_is_seeded_and_greedy_matches_argmax(tiny_model_d
     greedy = [e for e in generate(backend, enc, [1, 2, 3], SamplingParams(temperature=0, max_tokens=5), alternatives=3)
               if isinstance(e, TokenEvent)]
     assert all(e.top[0][0] == e.token_id for e in greedy)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_decode_launched_ahead_matches_eager_steps_on_a_gpu(tiny_model_dir):
+    """Graph replays queued from the sampler's GPU tensor give the eager path's tokens, window slides included."""
+    enc = get_encoding("gpt2-code")
+    params = SamplingParams(temperature=0.7, seed=2, max_tokens=150)
+    runs = {mode: [e.token_id for e in generate(CudaBackend(load_model(tiny_model_dir)[0], mode=mode), enc,
+                                                random_ids(30, seed=19), params, stop_at_eos=False)
+                   if not isinstance(e, DoneEvent)] for mode in ("graph", "eager")}
+    assert runs["graph"] == runs["eager"] and len(runs["graph"]) == 150
+

@@ -27,6 +27,16 @@ class Backend(ABC):
     def decode(self, token: int) -> torch.Tensor:
         """Append one token (position < block_size); logits after it."""
 
+    def launch(self, token: torch.Tensor) -> bool:
+        """Start decoding a token the sampler chose on the device, before the host has read it.
+
+        token is a 0-d id tensor whose value may still be in flight on a GPU. A backend that can
+        queue the decode step behind it returns True, and its next decode() must be called with
+        that token's value: it then returns the logits already computed. The GPU works on the
+        next step while the host reads, streams and checks the token. Others return False.
+        """
+        return False
+
     def reset(self) -> None:
         """Forget the sequence (prefill also does this)."""
         self.position = 0

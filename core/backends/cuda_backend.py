@@ -38,16 +38,20 @@ class StaticDecoder:
         """Logits (1, 1, V) after `token` at `position`; writes its key/value into the cache."""
         t = self.model.transformer
         x = t.wte(token) + t.wpe(position)  # (1, 1, C)
-        mask = (self.key_positions <= position)[None, None, None, :]  # (1, 1, 1, L): keys written so far
+        # keys written so far get 0, the rest -inf: built once per step, not once per layer
+        mask = torch.zeros((), dtype=x.dtype, device=x.device).masked_fill(
+            self.key_positions > position, float("-inf"))[None, None, None, :]  # (1, 1, 1, L)
         for block in t.h:
-            attn, cache = block.attn, block.attn.kv_cache
-            q, k, v = attn.c_attn(block.ln_1(x)).split(attn.n_embd, dim=2)
+            attn, mlp, cache = block.attn, block.mlp, block.attn.kv_cache
+            q, kv = attn.c_attn(block.ln_1(x)).split((attn.n_embd, 2 * attn.n_embd), dim=2)
             q = q.view(1, 1, self.n_head, self.head_dim).transpose(1, 2)  # (1, nh, 1, hs)
-            cache.k.index_copy_(2, position, k.view(1, 1, self.n_head, self.head_dim).transpose(1, 2))
-            cache.v.index_copy_(2, position, v.view(1, 1, self.n_head, self.head_dim).transpose(1, 2))
+            # key and value into the (2, 1, nh, L, hs) cache with one copy
+            cache.kv.index_copy_(3, position, kv.view(1, 2, self.n_head, 1, self.head_dim).transpose(0, 1))
             y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask)  # (1, nh, 1, hs)
             x = x + attn.c_proj(y.transpose(1, 2).reshape(1, 1, attn.n_embd))
-            x = x + block.mlp(block.ln_2(x))
+            # c_fc's bias and GELU (tanh, as GPT-2) in the matmul's epilogue: one kernel, not three
+            h = torch._addmm_activation(mlp.c_fc.bias, block.ln_2(x).view(1, -1), mlp.c_fc.weight.t(), use_gelu=True)
+            x = x + mlp.c_proj(h).view(1, 1, -1)
         return self.model.lm_head(t.ln_f(x)).float()  # (1, 1, V)
 
 
@@ -72,6 +76,7 @@ class CudaBackend(TorchBackend):
             self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.step = self.decoder.step
         self.graph = None
+        self.pending: torch.Tensor | None = None  # logits of a launched step, not yet collected
         if mode in ("compile", "autotune"):
             self.step = torch.compile(self.decoder.step, fullgraph=True,
                                       mode="reduce-overhead" if mode == "compile" else "max-autotune")
@@ -112,20 +117,38 @@ class CudaBackend(TorchBackend):
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:
+        self.pending = None
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         logits = self.model(idx, pos=0, last_only=True)
         self.position = len(ids)
         return logits[0, -1].float()  # stays on the GPU: the sampler works there
 
+    def reset(self) -> None:
+        self.pending = None
+        super().reset()
+
+    @torch.inference_mode()
+    def launch(self, token: torch.Tensor) -> bool:
+        self.token.copy_(token.view(1, 1))
+        self.pending = self._run_step()
+        return True
+
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
-        self.token.fill_(token)
+        if self.pending is not None:  # launched with this token's value while it was on the GPU
+            logits, self.pending = self.pending, None
+        else:
+            self.token.fill_(token)
+            logits = self._run_step()
+        self.position += 1
+        return logits
+
+    def _run_step(self) -> torch.Tensor:
+        """Queue one decode step at self.position for the token in self.token (no host sync)."""
         self.pos.fill_(self.position)
         if self.graph is not None:
             self.graph.replay()
             logits = self.static_logits
         else:
             logits = self.step(self.token, self.pos)
-        self.position += 1
         return logits[0, -1].clone()  # on the GPU; a copy, since the next replay overwrites static_logits
-
