@@ -237,16 +237,68 @@ def evaluate(model, data, split, py_dirs, backend, max_tokens, batch_size, devic
 
 # ----- functional check and plots -----
 
+def _parse_ks(text: str | None, samples: int) -> list[int] | None:
+    if text is None:
+        return None  # 1, 5 and 10, as far as --samples allows
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise GptuiError(f"--k {text!r}: give whole numbers separated by commas, e.g. 1,5,10") from None
+    if not ks or ks[0] < 1:
+        raise GptuiError(f"--k {text!r}: every k must be at least 1")
+    if ks[-1] > samples:
+        raise GptuiError(f"--k {text!r}: pass@{ks[-1]} needs --samples {ks[-1]} or more (got {samples})")
+    return ks
+
+
+def _print_task_table(name: str, backend: str, report) -> None:
+    from .functional import DIFFICULTIES
+
+    rates = report.rates()
+    columns = [c for c in rates if c != "tasks"]
+    s = report.settings
+    how = "greedy" if s["greedy"] else ""
+    if s["samples"]:
+        how += f"{' + ' if how else ''}{s['samples']} samples/task at T={s['temperature']:g}, top-p {s['top_p']:g}, seed {s['seed']}"
+    click.echo(f"{name} [{backend}], {rates['tasks']} built-in tasks, {s['prompt_style']} prompt, {how} "
+               f"({report.seconds:.0f} s)")
+    click.echo(f"{'difficulty':<11}{'tasks':>6}" + "".join(f"{c.replace('_', ' '):>15}" for c in columns))
+    for difficulty in (*DIFFICULTIES, None):
+        row = report.rates(difficulty)
+        if row["tasks"]:
+            click.echo(f"{difficulty or 'all':<11}{row['tasks']:>6}" + "".join(f"{row[c]:>15.1%}" for c in columns))
+
+
 @click.command()
 @click.argument("model")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--backend", default="torch-fp32", show_default=True, help="Inference backend that writes the code.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Check at most this many functions.")
-@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="Per function body.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None,
+              help="A task file (JSONL: name, difficulty, prompt, solution, test) instead of the built-in set.")
+@click.option("--samples", type=click.IntRange(0), default=10, show_default=True,
+              help="Sampled completions per task for pass@k (0: greedy only). Built-in tasks only.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True,
+              help="Sampling temperature of the pass@k samples.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--k", "k_text", metavar="K[,K...]", default=None, help="pass@k values to report [1,5,10 up to --samples].")
+@click.option("--greedy/--no-greedy", default=True, show_default=True, help="Also score one greedy completion per task.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample j of each task uses seed + j.")
+@click.option("--prompt", "prompt_style", type=click.Choice(["code", "instruct"]), default="code", show_default=True,
+              help="code: the model continues the signature and docstring; instruct: the docstring as an "
+                   "instruction in the SFT template, the answer starting at the signature.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Check at most this many tasks (or functions).")
+@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="Tokens per function body at most.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds one task's program may run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (with every completion) as JSON.")
 @fail_cleanly
-def funceval(model, paths, backend, limit, max_tokens, as_json):
-    """Complete held-out functions (PATHS: .py files or folders) from signature and docstring; run their doctests.
+def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_text, greedy, seed, prompt_style, limit,
+             max_tokens, timeout, as_json):
+    """Does the code MODEL writes work? Run its function bodies against tests.
+
+    Without PATHS: the built-in original tasks (or --tasks FILE); greedy pass@1 and pass@k over
+    --samples seeded samples per task, by difficulty. With PATHS (.py files or folders):
+    complete held-out functions from signature and docstring and run their doctests.
 
     Generated code runs in a child process with a timeout, resource limits and no network.
     """
@@ -256,13 +308,36 @@ def funceval(model, paths, backend, limit, max_tokens, as_json):
     from ..core.tokenizer import get_encoding
     from .functional import evaluate as run_functional, find_problems
 
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
-    problems = find_problems(files, limit=None)
-    if not problems:
-        raise GptuiError("no top-level functions with doctests under the given paths")
+    if paths:
+        files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
+        problems = find_problems(files, limit=None)
+        if not problems:
+            raise GptuiError("no top-level functions with doctests under the given paths")
+    else:
+        from .functional import load_tasks
+
+        ks = _parse_ks(k_text, samples)
+        if not greedy and not samples:
+            raise GptuiError("--no-greedy with --samples 0 leaves nothing to measure")
+        tasks = load_tasks(tasks_file)[:limit]
     folder = resolve(model)
     encoding = get_encoding(read_config(folder)[1])
     engine = load_backend(backend, folder)
+    if not paths:
+        from .functional import evaluate_tasks
+
+        report = evaluate_tasks(engine, encoding, tasks, samples=samples, temperature=temperature, top_p=top_p, ks=ks,
+                                greedy=greedy, seed=seed, max_tokens=max_tokens, prompt_style=prompt_style,
+                                timeout=timeout,
+                                progress=lambda i, n: click.echo(f"\rtask {i}/{n}", err=True, nl=False))
+        click.echo("", err=True)
+        result = {"model": str(folder), "backend": backend, "task_file": str(tasks_file or "built-in"),
+                  **report.to_dict(with_completions=as_json)}
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            _print_task_table(folder.name, backend, report)
+        return
     result = run_functional(engine, encoding, problems, max_tokens=max_tokens, limit=limit,
                             progress=lambda r: click.echo(f"\r{r.passed}/{r.problems} passed", err=True, nl=False))
     click.echo("", err=True)
