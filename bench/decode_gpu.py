@@ -1,12 +1,13 @@
 """Batch-1 decode on one NVIDIA GPU: the cuda backend next to Hugging Face generate, same weights.
 
     python bench/decode_gpu.py                      # GPT-2 124M, random weights
-    python bench/decode_gpu.py --preset small --modes graph,compile,autotune,eager
+    python bench/decode_gpu.py --preset small --modes graph,graph-torch,compile,autotune,eager
     python bench/decode_gpu.py --profile            # where one decode step spends its GPU time
 
 Ours: the cuda backend (bf16 weights, static KV cache) with its decode step captured as a CUDA
-graph ("graph"), compiled by torch.compile in reduce-overhead mode ("compile") or max-autotune
-mode ("autotune"), or launched kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LMHeadModel.generate
+graph over fused Triton kernels ("graph") or over plain torch ops ("graph-torch"), compiled by
+torch.compile in reduce-overhead mode ("compile") or max-autotune mode ("autotune"), or launched
+kernel by kernel ("eager"), driven by core.generate like the app. Theirs: GPT2LMHeadModel.generate
 (use_cache=True, greedy) on the same GPU, in bf16 and in fp32. Same prompt, same run.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from gptui.core import benchmark as bm
-from gptui.core.backends.cuda_backend import CudaBackend
+from gptui.core.backends.cuda_backend import MODES, CudaBackend
 from gptui.core.checkpoint import load_model, save_checkpoint
 from gptui.core.config import preset
 from gptui.core.hf import load_hf_model
@@ -33,7 +34,7 @@ from gptui.core.tokenizer import get_encoding
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2")
-    parser.add_argument("--modes", default="graph,eager", help="Comma-separated: graph, compile, autotune, eager.")
+    parser.add_argument("--modes", default="graph,graph-torch", help="Comma-separated: " + ", ".join(MODES) + ".")
     parser.add_argument("--profile", action="store_true", help="Only profile the kernels of eager decode steps.")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -90,15 +91,16 @@ def profile(preset_name: str, prompt: list[int], steps: int = 20) -> None:
         torch.cuda.synchronize()
     print(f"{steps} eager decode steps of {preset_name} at position {backend.position - steps}:")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=60))
-    graph = CudaBackend(backend.model, mode="graph")
-    graph.prefill(prompt)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps * 10):
-        graph.graph.replay()
-    end.record()
-    end.synchronize()
-    print(f"graph replay alone: {start.elapsed_time(end) / (steps * 10):.3f} ms per decode step")
+    for mode in ("graph", "graph-torch"):
+        graph = CudaBackend(backend.model, mode=mode)
+        graph.prefill(prompt)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps * 10):
+            graph.graph.replay()
+        end.record()
+        end.synchronize()
+        print(f"{mode}: graph replay alone {start.elapsed_time(end) / (steps * 10):.3f} ms per decode step")
 
 
 if __name__ == "__main__":

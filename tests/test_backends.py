@@ -165,7 +165,7 @@ def test_unknown_backend_is_one_clear_error(tiny_model_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("mode", ("graph", "eager"))
+@pytest.mark.parametrize("mode", ("graph", "graph-torch", "eager"))
 def test_cuda_backend_tracks_fp32_on_a_gpu(mode, tiny_model_dir):
     model, _ = load_model(tiny_model_dir)
     backend = CudaBackend(model, mode=mode)
@@ -206,3 +206,23 @@ def test_graph_decode_launched_ahead_matches_eager_steps_on_a_gpu(tiny_model_dir
                    if not isinstance(e, DoneEvent)] for mode in ("graph", "eager")}
     assert runs["graph"] == runs["eager"] and len(runs["graph"]) == 150
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n,k", ((2304, 768), (100, 37), (768, 3072)))
+def test_fused_linear_computes_norm_matmul_bias_gelu_residual(n, k):
+    from gptui.core.backends.fused_linear import fused_linear
+
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    x, residual = torch.randn(k, device="cuda"), torch.randn(n, device="cuda")
+    linear, norm = torch.nn.Linear(k, n).cuda(), torch.nn.LayerNorm(k).cuda()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    with torch.no_grad():
+        expected = residual + torch.nn.functional.gelu(linear(norm(x)), approximate="tanh")
+        got = fused_linear(x, linear.weight, linear.bias, norm=norm, gelu=True, residual=residual)
+        assert (got - expected).abs().max().item() < 1e-4
+        plain = fused_linear(x, linear.weight, out_dtype=torch.float64)
+        assert plain.dtype == torch.float64 and (plain - x @ linear.weight.t()).abs().max().item() < 1e-4

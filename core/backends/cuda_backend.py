@@ -17,22 +17,43 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
+from .fused_linear import available as fused_available
+from .fused_linear import fused_linear
 from .torch_backend import TorchBackend
 
-# CUDA graph by hand; torch.compile in reduce-overhead mode (fusions + its own CUDA graphs); the same
-# with max-autotune (Triton matmul templates tried against cuBLAS; minutes to compile); neither.
-MODES = ("graph", "compile", "autotune", "eager")
+# CUDA graph by hand over the fused Triton kernels (fused_linear.py) or over plain torch ops;
+# torch.compile in reduce-overhead mode (fusions + its own CUDA graphs); the same with max-autotune
+# (Triton matmul templates tried against cuBLAS; minutes to compile); no graph at all.
+MODES = ("graph", "graph-torch", "compile", "autotune", "eager")
 
 
 class StaticDecoder:
-    """One-token forward with fixed shapes: token (1, 1) and position (1,) are device tensors."""
+    """One-token forward with fixed shapes: token (1, 1) and position (1,) are device tensors.
 
-    def __init__(self, model: GPT):
+    fused: each layer norm + matmul + bias (+ GELU) (+ residual add) is one fused_linear kernel;
+    otherwise the same arithmetic in torch ops (the CPU, compile modes, and the comparison).
+    """
+
+    def __init__(self, model: GPT, fused: bool = False):
         self.model = model
+        self.fused = fused
         cfg = model.config
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         device = model.transformer.wpe.weight.device
         self.key_positions = torch.arange(cfg.block_size, device=device)
+
+    def linear(self, x: torch.Tensor, linear: torch.nn.Linear, norm: torch.nn.LayerNorm | None = None,
+               gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + act(linear(norm(x))) for x (1, 1, C)."""
+        if self.fused:
+            return fused_linear(x.view(-1), linear.weight, linear.bias, norm=norm, gelu=gelu,
+                                residual=None if residual is None else residual.view(-1)).view(1, 1, -1)
+        x = x if norm is None else norm(x)
+        if gelu:  # bias and GELU (tanh, as GPT-2) in the matmul's epilogue: one kernel, not three
+            y = torch._addmm_activation(linear.bias, x.view(1, -1), linear.weight.t(), use_gelu=True).view(1, 1, -1)
+        else:
+            y = linear(x)
+        return y if residual is None else residual + y
 
     def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Logits (1, 1, V) after `token` at `position`; writes its key/value into the cache."""
@@ -43,15 +64,16 @@ class StaticDecoder:
             self.key_positions > position, float("-inf"))[None, None, None, :]  # (1, 1, 1, L)
         for block in t.h:
             attn, mlp, cache = block.attn, block.mlp, block.attn.kv_cache
-            q, kv = attn.c_attn(block.ln_1(x)).split((attn.n_embd, 2 * attn.n_embd), dim=2)
+            q, kv = self.linear(x, attn.c_attn, norm=block.ln_1).split((attn.n_embd, 2 * attn.n_embd), dim=2)
             q = q.view(1, 1, self.n_head, self.head_dim).transpose(1, 2)  # (1, nh, 1, hs)
             # key and value into the (2, 1, nh, L, hs) cache with one copy
             cache.kv.index_copy_(3, position, kv.view(1, 2, self.n_head, 1, self.head_dim).transpose(0, 1))
             y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask)  # (1, nh, 1, hs)
-            x = x + attn.c_proj(y.transpose(1, 2).reshape(1, 1, attn.n_embd))
-            # c_fc's bias and GELU (tanh, as GPT-2) in the matmul's epilogue: one kernel, not three
-            h = torch._addmm_activation(mlp.c_fc.bias, block.ln_2(x).view(1, -1), mlp.c_fc.weight.t(), use_gelu=True)
-            x = x + mlp.c_proj(h).view(1, 1, -1)
+            x = self.linear(y.transpose(1, 2).reshape(1, 1, attn.n_embd), attn.c_proj, residual=x)
+            h = self.linear(x, mlp.c_fc, norm=block.ln_2, gelu=True)
+            x = self.linear(h, mlp.c_proj, residual=x)
+        if self.fused:
+            return fused_linear(x.view(-1), self.model.lm_head.weight, norm=t.ln_f, out_dtype=torch.float32).view(1, 1, -1)
         return self.model.lm_head(t.ln_f(x)).float()  # (1, 1, V)
 
 
@@ -71,7 +93,9 @@ class CudaBackend(TorchBackend):
         with torch.inference_mode():
             self.model = model.to(device=self.device, dtype=dtype).eval()
             self.model.setup_cache(batch=1, device=self.device, dtype=dtype)
-            self.decoder = StaticDecoder(self.model)
+            # graph and eager run the fused kernels where Triton can (eager: the same step, unreplayed)
+            fused = mode in ("graph", "eager") and fused_available(self.device)
+            self.decoder = StaticDecoder(self.model, fused=fused)
             self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
             self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.step = self.decoder.step
@@ -80,12 +104,12 @@ class CudaBackend(TorchBackend):
         if mode in ("compile", "autotune"):
             self.step = torch.compile(self.decoder.step, fullgraph=True,
                                       mode="reduce-overhead" if mode == "compile" else "max-autotune")
-        elif mode == "graph":
+        elif mode in ("graph", "graph-torch"):
             self._capture()
 
     @torch.inference_mode()
     def _capture(self) -> None:
-        """Warm up on a side stream (cuBLAS picks its kernels), then record one decode step.
+        """Warm up on a side stream (cuBLAS and Triton's autotuner pick their kernels), then record one decode step.
 
         The warm-up writes junk at cache position 0; every sequence starts with a prefill that
         overwrites it.
