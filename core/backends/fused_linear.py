@@ -16,7 +16,6 @@ and the attention kernel. Needs a CUDA GPU and Triton (shipped with PyTorch's CU
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
@@ -32,9 +31,6 @@ def _build():
     """Define the kernel on first use, so importing this module never needs Triton."""
     import triton
     import triton.language as tl
-
-    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-               for n in (4, 8, 16) for k in (256, 512) for w in (2, 4)]
 
     @triton.jit
     def linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, ln_w_ptr, ln_b_ptr, out_ptr, N, K, eps,
@@ -69,43 +65,49 @@ def _build():
             acc += tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows, acc, mask=row_ok)
 
-    if os.environ.get("TRITON_INTERPRET") == "1":  # Triton's CPU interpreter (development): no tuner
-        return _fixed(linear_kernel, BLOCK_N=8, BLOCK_K=256)
-    return triton.autotune(configs=configs, key=["N", "K", "HAS_LN", "GELU", "HAS_RES"])(linear_kernel)
+    return linear_kernel
 
 
-class _fixed:
-    """kernel[grid](...) with fixed block sizes, the way the autotuned kernel is called."""
+def blocks(N: int, K: int) -> dict:
+    """Rows per program, K-chunk and warps for an (N, K) matrix.
 
-    def __init__(self, kernel, **blocks):
-        self.kernel, self.blocks = kernel, blocks
+    A batch-1 product is bound by memory latency, so what matters is how many loads are in flight.
+    Few output rows (N <= 1024): 2 rows per program, so there are hundreds of programs, each with
+    long 1024-wide chunks. Many rows: 8 rows per program in 256-wide chunks (enough programs
+    already; short chunks keep registers free). Chosen from `python bench/fused_linear_gpu.py` on
+    an H100, where each GPT-2 matrix's choice is within 2% of the best of 32 (bench/NOTES.md).
+    """
+    if N <= 1024:
+        return {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4}
+    return {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4}
 
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.kernel[grid(self.blocks)](*args, **kwargs, **self.blocks)
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                  norm: torch.nn.LayerNorm | None = None, gelu: bool = False,
-                 residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                 config: dict | None = None) -> torch.Tensor:
     """residual + act(norm(x) @ weight.T + bias) for one vector x (K,), weight (N, K) as nn.Linear keeps it.
 
-    Returns a new (N,) tensor (never written in place: the autotuner runs the kernel repeatedly).
+    Returns a new (N,) tensor. config overrides blocks(N, K) (the benchmark sweeps it).
     """
     global _kernel
     if _kernel is None:
         _kernel = _build()
-    import triton
-
     N, K = weight.shape
+    config = config or blocks(N, K)
     out = torch.empty(N, dtype=out_dtype or x.dtype, device=x.device)
     ln_w = norm.weight if norm is not None else None
     ln_b = norm.bias if norm is not None else None
     placeholder = weight  # never read: its flag is off
-    _kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
+    _kernel[(-(-N // config["BLOCK_N"]),)](
         x, weight, placeholder if bias is None else bias, placeholder if residual is None else residual,
         placeholder if ln_w is None else ln_w, placeholder if ln_b is None else ln_b, out,
         N, K, norm.eps if norm is not None else 0.0,
         HAS_LN=norm is not None, HAS_LN_BIAS=ln_b is not None, HAS_BIAS=bias is not None, GELU=gelu,
-        HAS_RES=residual is not None, K_POW2=triton.next_power_of_2(K),
+        HAS_RES=residual is not None, K_POW2=triton_next_pow2(K), **config,
     )
     return out
