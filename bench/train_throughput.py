@@ -83,7 +83,21 @@ def measure_ours(args, work: Path, loss: str) -> dict:
     trainer = build_trainer(work, args, loss=loss)
     device = trainer.d.device
     seconds, value = time_steps(lambda s: trainer.train_step(s)[0], device, args.warmup, args.steps)
+    if args.profile:
+        profile_step(lambda: trainer.train_step(args.warmup + args.steps), device)
     return {"model": trainer.model, "seconds": seconds, "loss": value, "trainer": trainer}
+
+
+def profile_step(step, device: torch.device) -> None:
+    """Where one optimizer step spends its device time, by kernel (after compilation)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    sort = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70), file=sys.stderr)
 
 
 def measure_hf(args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -183,6 +197,7 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--profile", action="store_true", help="also print one step's time by kernel (ours)")
     p.add_argument("--quick", action="store_true", help="tiny model, CPU-sized: checks that the script works")
     args = p.parse_args(argv)
     if args.quick:
