@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.modes.split(","):
             print(f"cuda ({mode}): capturing / compiling ...", file=sys.stderr, flush=True)
             backend = CudaBackend(load_model(folder)[0], mode=mode)
+            print(f"cuda ({mode}): {backend.kernels_note}", file=sys.stderr, flush=True)
             keep.append(backend)
             engines[f"ours: cuda ({mode}, bf16)"] = functools.partial(bm.backend_run, backend, encoding, prompt, args.new_tokens)
         for dtype in (torch.bfloat16, torch.float32):

@@ -133,6 +133,18 @@ def test_decode_launched_before_the_host_reads_the_token_changes_nothing(tempera
     assert launching.launched > 100  # the launched path really ran (not on the steps that slide)
 
 
+def test_cuda_backend_falls_back_to_torch_ops_when_triton_cannot_compile(exported_dir, monkeypatch):
+    """Triton present but unusable (no compiler, no driver: here, a CPU) must not take the backend down."""
+    import gptui.core.backends.cuda_backend as cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "fused_available", lambda device: True)
+    backend = CudaBackend(load_model(exported_dir)[0], device="cpu", dtype=torch.float32, mode="eager")
+    assert not backend.decoder.fused and backend.kernels_note.startswith("torch ops (Triton failed")
+    ids = random_ids(20, seed=20)
+    expected = reference_logits(exported_dir, ids)[4:]
+    assert (stepwise_logits(backend, ids, prefill=5) - expected).abs().max().item() < 1e-4
+
+
 def test_int8_backends_hold_under_a_third_of_the_fp32_bytes(exported_dir):
     fp32 = {name: load_backend(name, exported_dir).nbytes for name in FP32}
     for name, base in zip(INT8, FP32):
