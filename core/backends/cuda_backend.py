@@ -1,7 +1,10 @@
 """cuda: bf16 weights on an NVIDIA GPU, a static KV cache, and the decode step as one CUDA graph.
 
-At batch 1 a decode step is ~200 small kernels; launched one by one from Python, the GPU waits
-on the CPU. Captured once in a CUDA graph, the whole step is replayed with one launch. Capture
+At batch 1 a decode step is ~170 small kernels; launched one by one from Python, the GPU waits
+on the CPU. Captured once in a CUDA graph, the whole step is replayed with one launch, and with
+each layer norm + matmul + bias/GELU/residual fused into one Triton kernel (fused_linear.py) it
+is ~90 kernels (0.37 ms for GPT-2 124M on an H100). The next step is queued from the sampler's
+GPU tensor before the host reads the token (launch), so host and GPU work overlap. Capture
 needs every shape and address fixed, so the step here differs from GPT.forward in one place:
 attention always reads the whole cache (block_size keys) under a mask of the positions written
 so far, and the new key/value land at a position held in a tensor (index_copy_) rather than a
