@@ -145,6 +145,19 @@ def test_cuda_backend_falls_back_to_torch_ops_when_triton_cannot_compile(exporte
     assert (stepwise_logits(backend, ids, prefill=5) - expected).abs().max().item() < 1e-4
 
 
+def test_a_launched_step_left_behind_never_answers_for_a_new_sequence(exported_dir):
+    """Generation may stop after a launch; prefill, logits_all and reset must drop that step."""
+    backend = CudaBackend(load_model(exported_dir)[0], device="cpu", dtype=torch.float32, mode="eager")
+    ids = random_ids(12, seed=21)
+    for start_again in (lambda: backend.prefill(ids), lambda: backend.logits_all(ids),
+                        lambda: (backend.reset(), backend.prefill(ids))):
+        backend.prefill(random_ids(7, seed=22))
+        backend.launch(torch.tensor(3))  # queued, never collected
+        start_again()
+        expected = reference_logits(exported_dir, ids + [9])[-1]
+        assert (backend.decode(9) - expected).abs().max().item() < 1e-4
+
+
 def test_int8_backends_hold_under_a_third_of_the_fp32_bytes(exported_dir):
     fp32 = {name: load_backend(name, exported_dir).nbytes for name in FP32}
     for name, base in zip(INT8, FP32):

@@ -161,6 +161,10 @@ class CudaBackend(TorchBackend):
         self.pending = None
         super().reset()
 
+    def logits_all(self, ids: list[int]) -> torch.Tensor:
+        self.pending = None  # a launched step belongs to the sequence this one replaces
+        return super().logits_all(ids)
+
     @torch.inference_mode()
     def launch(self, token: torch.Tensor) -> bool:
         self.token.copy_(token.view(1, 1))
