@@ -47,6 +47,7 @@ class Sampler:
         self.vocab_size = vocab_size  # real tokens; logits beyond it are padding and never chosen
         self.generator: torch.Generator | None = None  # made on the logits' device at first use
         self._pinned: torch.Tensor | None = None  # page-locked host slot the chosen id is copied to
+        self._copied: torch.cuda.Event | None = None  # recorded after that copy, each token
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self.generator is None:
@@ -70,12 +71,11 @@ class Sampler:
         pair = torch.stack([token.to(logprobs.dtype), logprobs[token]])
         if launch is not None and pair.is_cuda:
             if self._pinned is None:
-                self._pinned = torch.empty(2, dtype=pair.dtype, pin_memory=True)
+                self._pinned, self._copied = torch.empty(2, dtype=pair.dtype, pin_memory=True), torch.cuda.Event()
             self._pinned.copy_(pair, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
-            launch(token)  # queued behind the copy, so the copy does not wait for it
-            ready.synchronize()
+            self._copied.record()
+            launch(token)  # queued behind the copy, so reading the copy does not wait for it
+            self._copied.synchronize()
             pair = self._pinned
         elif launch is not None:
             launch(token)
