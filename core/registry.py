@@ -89,12 +89,13 @@ def default_model_name() -> str:
 
 
 def restore_hint(folder: Path, error: GptuiError) -> GptuiError:
-    """For a damaged shipped model, add how to get it back; other errors pass through."""
+    """For a damaged shipped model, add how to get it back; other errors (a backend this machine
+    cannot run, say) pass through, since the files are fine."""
     try:
         shipped = Path(folder).resolve().parent == shipped_dir().resolve()
     except OSError:
         shipped = False
-    if not shipped:
+    if not shipped or inspect(Path(folder), "shipped", deep=True).ok:
         return error
     return GptuiError(f"{error}; the shipped model is damaged: restore it with "
                       f"`git checkout -- exports/{Path(folder).name}` in a source checkout, "

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,3 +151,15 @@ def test_a_damaged_shipped_model_says_how_to_restore_it(tiny_model_dir, tmp_path
     listing = invoke(["models", "--check"])
     row = next(line for line in listing.stdout.splitlines() if line.startswith("gptui-small"))
     assert "broken" in row
+
+
+def test_a_backend_error_on_a_whole_shipped_model_does_not_call_it_damaged(tiny_model_dir, tmp_path, monkeypatch):
+    from gptui.core import registry
+
+    shipped = tmp_path / "exports"
+    shutil.copytree(tiny_model_dir, shipped / "gptui-small")
+    monkeypatch.setattr(registry, "shipped_dir", lambda: shipped)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = invoke(["--model", "gptui-small", "--backend", "onnx-int8", "x"])
+    assert_one_line_error(result, "onnxruntime is not installed")
+    assert "damaged" not in result.stderr
