@@ -52,7 +52,8 @@ def test_get_lr_warms_up_then_decays_to_min():
     assert lrs[100] == pytest.approx(0.1)
 
 
-def test_chunked_loss_matches_plain_loss_and_gradients():
+@pytest.mark.parametrize("kind", ["chunked", "fused"])
+def test_loss_kinds_match_plain_loss_and_gradients(kind):
     from gptui.core.config import preset
     from gptui.core.model import GPT
     from gptui.training.loss import LossFunction
@@ -62,15 +63,15 @@ def test_chunked_loss_matches_plain_loss_and_gradients():
     x, y = torch.randint(0, 500, (3, 64)), torch.randint(0, 500, (3, 64))
     y[0, :20] = -1  # positions that are not trained on
     results = []
-    for kind in ("plain", "chunked"):
+    for name in ("plain", kind):
         model.zero_grad()
-        loss = LossFunction(kind, chunk_rows=50)(model, x, y)
-        (loss * 0.5).backward()
+        loss = LossFunction(name, chunk_rows=50)(model, x, y)
+        (loss * 0.5).backward()  # a scale other than 1 must reach every gradient
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (plain, plain_grads), (chunked, chunked_grads) = results
-    torch.testing.assert_close(chunked, plain)
+    (plain, plain_grads), (other, other_grads) = results
+    torch.testing.assert_close(other, plain)
     for name in plain_grads:
-        torch.testing.assert_close(chunked_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(other_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
 
 
 def test_loss_falls_on_real_code(data, tmp_path):
@@ -241,3 +242,21 @@ def test_real_process_bad_input_is_one_line(data, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "Error: --batch-tokens 100 must be a positive multiple of micro-batch x context x processes = 1 x 64 x 1 = 64"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_loss_kernel_matches_its_torch_contract_on_a_gpu(dtype):
+    from gptui.training.fused_loss import _rows_torch, loss_rows_and_grad_
+
+    torch.manual_seed(0)
+    logits = (torch.randn(300, 50304, device="cuda") * 4).to(dtype)
+    targets = torch.randint(0, 50304, (300,), device="cuda")
+    targets[::7] = -1
+    expected = logits.clone()
+    expected_loss = _rows_torch(expected, targets)
+    got_loss = loss_rows_and_grad_(logits, targets)
+    torch.testing.assert_close(got_loss, expected_loss, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logits.float(), expected.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+    assert logits[::7].abs().max().item() == 0  # rows without a target get no gradient

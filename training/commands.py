@@ -121,8 +121,9 @@ def _training_options(sft: bool):
                      show_default=True, help="torch.compile mode; autotuning compiles for minutes, may run faster."),
         click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--loss", type=click.Choice(["plain", "chunked"]), default="plain", show_default=True,
-                     help="chunked never holds the whole (tokens x vocabulary) logits: less memory."),
+        click.option("--loss", type=click.Choice(["auto", "plain", "chunked", "fused"]), default="auto", show_default=True,
+                     help="fused turns the logits into their gradient in the forward pass (auto picks it on CUDA); "
+                          "chunked never holds the whole (tokens x vocabulary) logits: less memory."),
         click.option("--attention", type=click.Choice(["auto", "flash", "cudnn", "efficient"]), default="auto",
                      show_default=True, help="Attention kernel on CUDA (auto lets PyTorch choose)."),
         click.option("--seed", type=int, default=0, show_default=True),

@@ -1,4 +1,5 @@
-"""Next-token loss: the plain form, and a chunked linear + cross-entropy that never holds all logits.
+"""Next-token loss: the plain form, a chunked linear + cross-entropy that never holds all logits,
+and a fused one (training/fused_loss.py) whose backward never reads the logits again.
 
 Both return the *sum* of per-token losses over targets >= 0 (-1 marks positions that are not
 trained on: SFT prompts and padding). The trainer divides by the number of targets in the whole
@@ -11,9 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from ..core.model import GPT
+from .fused_loss import LinearCrossEntropy, triton_available
 
 IGNORE = -1
+KINDS = ("plain", "chunked", "fused")
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss: 4096 x 50304 fp32 = 0.8 GB
+
+
+def resolve_loss(kind: str, device: torch.device) -> str:
+    """'auto' is the fused loss where its Triton kernel runs (CUDA), the plain one elsewhere."""
+    if kind != "auto":
+        return kind
+    return "fused" if triton_available(device) else "plain"
 
 
 def hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
@@ -73,12 +83,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 class LossFunction:
-    """model, x, y -> summed loss; `kind` picks plain or chunked, `compile` wraps the heavy parts
-    with torch.compile (in `compile_mode`, e.g. "max-autotune-no-cudagraphs" to tune matmuls)."""
+    """model, x, y -> summed loss; `kind` picks plain, chunked or fused, `compile` wraps the heavy
+    parts with torch.compile (in `compile_mode`, e.g. "max-autotune-no-cudagraphs" to tune matmuls)."""
 
     def __init__(self, kind: str = "plain", compile: bool = False, chunk_rows: int = CHUNK_ROWS,
                  compile_mode: str = "default"):
-        if kind not in ("plain", "chunked"):
+        if kind not in KINDS:
             raise ValueError(f"unknown loss kind {kind!r}")
         self.kind = kind
         self.chunk_rows = chunk_rows
@@ -91,4 +101,6 @@ class LossFunction:
         if self.kind == "plain":
             return self._plain(model, x, y)
         h = self._hidden(model, x).flatten(0, 1)  # (B*T, C)
+        if self.kind == "fused":
+            return LinearCrossEntropy.apply(h, model.lm_head.weight, y.flatten())
         return _ChunkedLinearCrossEntropy.apply(h, model.lm_head.weight, y.flatten(), self._chunk, self.chunk_rows)

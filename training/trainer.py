@@ -31,7 +31,7 @@ from ..core.tokenizer import get_encoding
 from . import distributed
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
 from .data import Sampler, eval_row_ids, open_rows, to_device
-from .loss import IGNORE, LossFunction, plain_loss
+from .loss import IGNORE, LossFunction, plain_loss, resolve_loss
 from .metrics import MetricsLog, flops_per_token, memory_gb, peak_flops, tensorboard_writer
 from .optim import build_optimizer, get_lr
 from .shards import PRETRAIN, SFT, read_manifest
@@ -64,7 +64,7 @@ class TrainConfig:
     compile_mode: str = "default"  # or max-autotune-no-cudagraphs: slower to compile, tuned matmuls
     dtype: str = "auto"  # auto, bf16, fp16 or fp32
     device: str = "auto"  # auto, cpu or cuda
-    loss: str = "plain"  # plain (compiled cross-entropy) or chunked (never holds all logits)
+    loss: str = "auto"  # plain (compiled cross-entropy), chunked (never holds all logits), fused; auto: fused on CUDA
     attention: str = "auto"  # SDPA kernel on CUDA: auto (PyTorch's pick), flash, cudnn or efficient
     seed: int = 0  # initialisation, data order and dropout
     tensorboard: bool = False  # also write TensorBoard scalars under out/tensorboard
@@ -204,7 +204,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # fp32 leftovers (outside autocast) on tensor cores (TF32)
             configure_attention(cfg.attention)
         self.model.to(d.device).train()
-        self.loss_fn = LossFunction(cfg.loss, compile=self.compile, compile_mode=cfg.compile_mode)
+        self.loss_fn = LossFunction(resolve_loss(cfg.loss, d.device), compile=self.compile, compile_mode=cfg.compile_mode)
         self.module: nn.Module = TrainingModule(self.model, self.loss_fn)
         if d.enabled:
             self.module = nn.parallel.DistributedDataParallel(

@@ -1,0 +1,59 @@
+"""The fused loss kernel (training/fused_loss.py) against compiled cross-entropy, on a GPU.
+
+    python bench/fused_loss_gpu.py                   # GPT-2's micro-batch: 32 x 1024 rows, 50304 columns
+
+Times, on the same bf16 logits: torch.compile'd cross_entropy forward + backward (what the plain
+loss costs), and the fused kernel for each block size and warp count tried (one launch that
+leaves the gradient in the logits). A persistent variant (a few programs per SM walking the rows,
+the second pass backwards to hit the cache) was slower: 3.2-5.9 ms against 2.9 (bench/NOTES.md). Prints GB/s as if each read the logits twice and wrote them once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from gptui.training import fused_loss
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeat
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=32 * 1024)
+    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--repeat", type=int, default=10)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    logits = torch.randn(args.rows, args.vocab, device="cuda", dtype=torch.bfloat16)
+    targets = torch.randint(0, args.vocab, (args.rows,), device="cuda")
+    gbytes = 3 * logits.numel() * logits.element_size() / 1e9
+
+    leaf = logits.clone().requires_grad_()
+    ce = torch.compile(lambda x, t: F.cross_entropy(x.float(), t, reduction="sum"))
+    plain = timed(lambda: ce(leaf, targets).backward(), args.repeat)
+    print(f"{'compiled cross_entropy fwd+bwd':<34} {plain:8.3f} ms")
+    kernel = fused_loss._build()
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8, 16, 32):
+            work = logits.clone()
+            losses = torch.empty(args.rows, device="cuda")
+            ms = timed(lambda: kernel[(args.rows,)](work, work.stride(0), targets, losses, args.vocab,
+                                                    BLOCK=block, num_warps=warps), args.repeat)
+            print(f"{f'fused BLOCK={block} warps={warps}':<34} {ms:8.3f} ms  {gbytes / ms * 1e3:7.0f} GB/s  "
+                  f"{plain / ms:5.2f}x")
+
+if __name__ == "__main__":
+    main()
