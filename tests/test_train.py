@@ -248,14 +248,14 @@ def test_real_process_bad_input_is_one_line(data, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_loss_kernel_matches_its_torch_contract_on_a_gpu(dtype):
-    from gptui.training.fused_loss import _rows_torch, loss_rows_and_grad_
+    from gptui.training.fused_loss import loss_and_grad_torch_, loss_rows_and_grad_
 
     torch.manual_seed(0)
     logits = (torch.randn(300, 50304, device="cuda") * 4).to(dtype)
     targets = torch.randint(0, 50304, (300,), device="cuda")
     targets[::7] = -1
     expected = logits.clone()
-    expected_loss = _rows_torch(expected, targets)
+    expected_loss = loss_and_grad_torch_(expected, targets)
     got_loss = loss_rows_and_grad_(logits, targets)
     torch.testing.assert_close(got_loss, expected_loss, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(logits.float(), expected.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)

@@ -14,17 +14,13 @@ is what the CPU tests check the algebra with.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
-IGNORE = -1
+from ..core.backends.fused_linear import available as triton_available
+
+IGNORE = -1  # a target that is not trained on (SFT prompts, padding)
 _kernel = None
-
-
-def triton_available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def _build():
@@ -62,7 +58,7 @@ def _build():
     return loss_and_grad_kernel
 
 
-def _rows_triton(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def loss_and_grad_triton_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     global _kernel
     if _kernel is None:
         _kernel = _build()
@@ -72,7 +68,7 @@ def _rows_triton(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return losses
 
 
-def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def loss_and_grad_torch_(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """The kernel's contract in torch: per-row losses; logits overwritten with their gradient."""
     losses = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
     for start in range(0, logits.size(0), chunk):
@@ -90,8 +86,8 @@ def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) 
 def loss_rows_and_grad_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-row cross-entropy (0 where the target is IGNORE); `logits` becomes d(sum)/d(logits)."""
     if triton_available(logits.device) and logits.is_contiguous():
-        return _rows_triton(logits, targets.contiguous())
-    return _rows_torch(logits, targets)
+        return loss_and_grad_triton_(logits, targets.contiguous())
+    return loss_and_grad_torch_(logits, targets)
 
 
 class LinearCrossEntropy(torch.autograd.Function):

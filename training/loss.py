@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.model import GPT
-from .fused_loss import LinearCrossEntropy, triton_available
+from .fused_loss import IGNORE, LinearCrossEntropy, loss_and_grad_torch_, triton_available
 
-IGNORE = -1
 KINDS = ("plain", "chunked", "fused")
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss: 4096 x 50304 fp32 = 0.8 GB
 
@@ -44,15 +43,9 @@ def plain_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
     """Loss sum over one chunk of rows and d(loss)/d(logits), without keeping the logits."""
-    logits = (h @ weight.t()).float()  # (n, V)
-    valid = targets != IGNORE
-    safe = targets.clamp(min=0)
-    lse = torch.logsumexp(logits, dim=-1)  # (n,)
-    loss = ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
-    grad = torch.exp(logits - lse[:, None])  # softmax
-    grad = grad - F.one_hot(safe, logits.size(1)).to(grad.dtype)
-    grad = grad * valid[:, None]
-    return loss, grad.to(h.dtype)
+    logits = (h @ weight.t()).float()  # (n, V), overwritten with its gradient
+    loss = loss_and_grad_torch_(logits, targets, chunk=logits.size(0)).sum()
+    return loss, logits.to(h.dtype)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
