@@ -95,13 +95,8 @@ def profile(preset_name: str, prompt: list[int], steps: int = 20) -> None:
     for mode in ("graph", "graph-torch"):
         graph = CudaBackend(backend.model, mode=mode)
         graph.prefill(prompt)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps * 10):
-            graph.graph.replay()
-        end.record()
-        end.synchronize()
-        print(f"{mode}: graph replay alone {start.elapsed_time(end) / (steps * 10):.3f} ms per decode step")
+        ms = bm.cuda_ms(graph.graph.replay, steps * 10)
+        print(f"{mode}: graph replay alone {ms:.3f} ms per decode step")
 
 
 if __name__ == "__main__":

@@ -11,23 +11,13 @@ the second pass backwards to hit the cache) was slower: 3.2-5.9 ms against 2.9 (
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
 
+from gptui.core.benchmark import cuda_ms
 from gptui.training import fused_loss
-
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeat
 
 
 def main() -> None:
@@ -36,6 +26,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=50304)
     p.add_argument("--repeat", type=int, default=10)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("fused_loss_gpu.py needs a CUDA GPU")
     torch.manual_seed(0)
     logits = torch.randn(args.rows, args.vocab, device="cuda", dtype=torch.bfloat16)
     targets = torch.randint(0, args.vocab, (args.rows,), device="cuda")
@@ -43,14 +35,14 @@ def main() -> None:
 
     leaf = logits.clone().requires_grad_()
     ce = torch.compile(lambda x, t: F.cross_entropy(x.float(), t, reduction="sum"))
-    plain = timed(lambda: ce(leaf, targets).backward(), args.repeat)
+    plain = cuda_ms(lambda: ce(leaf, targets).backward(), args.repeat)
     print(f"{'compiled cross_entropy fwd+bwd':<34} {plain:8.3f} ms")
     kernel = fused_loss._build()
     for block in (1024, 2048, 4096, 8192):
         for warps in (4, 8, 16, 32):
             work = logits.clone()
             losses = torch.empty(args.rows, device="cuda")
-            ms = timed(lambda: kernel[(args.rows,)](work, work.stride(0), targets, losses, args.vocab,
+            ms = cuda_ms(lambda: kernel[(args.rows,)](work, work.stride(0), targets, losses, args.vocab,
                                                     BLOCK=block, num_warps=warps), args.repeat)
             print(f"{f'fused BLOCK={block} warps={warps}':<34} {ms:8.3f} ms  {gbytes / ms * 1e3:7.0f} GB/s  "
                   f"{plain / ms:5.2f}x")

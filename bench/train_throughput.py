@@ -196,7 +196,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--compile-mode", default="default")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--profile", action="store_true", help="also print one step's time by kernel (ours)")
     p.add_argument("--quick", action="store_true", help="tiny model, CPU-sized: checks that the script works")

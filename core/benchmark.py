@@ -164,6 +164,20 @@ def hf_run(model, prompt: list[int], new_tokens: int = 256) -> tuple[float, floa
     return tokens[0] - start, (len(tokens) - 1) / (tokens[-1] - tokens[0])
 
 
+def cuda_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Mean GPU milliseconds per call of fn over `repeat` calls, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeat
+
+
 def ct2_run(generator, prompt_tokens: list[str], new_tokens: int = 256) -> tuple[float, float]:
     """One CTranslate2 generate_tokens, greedy, forced to new_tokens + 1 tokens."""
     start = time.perf_counter()
