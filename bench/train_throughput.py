@@ -32,7 +32,9 @@ from gptui.training.shards import PRETRAIN, save_array, write_manifest
 from gptui.training.trainer import TrainConfig, Trainer, configure_attention, resolve_dtype
 
 H100_BF16_PEAK = 989e12
-OURS = {"ours": "auto", "ours-plain": "plain", "ours-chunked": "chunked", "ours-fused": "fused"}  # variant -> Trainer loss
+# variant -> what it changes in our TrainConfig
+OURS = {"ours": {}, "ours-plain": {"loss": "plain"}, "ours-chunked": {"loss": "chunked"}, "ours-fused": {"loss": "fused"},
+        "ours-fp32-residual": {"fp32_residual": True}}
 
 
 def synthetic_data(folder: Path, tokens: int, vocab: int, encoding: str = "gpt2-code") -> Path:
@@ -50,7 +52,7 @@ def synthetic_data(folder: Path, tokens: int, vocab: int, encoding: str = "gpt2-
 
 
 def build_trainer(work: Path, args, d: distributed.Dist | None = None, batch_tokens: int | None = None,
-                  loss: str = "auto") -> Trainer:
+                  **overrides) -> Trainer:
     """Our Trainer exactly as `gptui-train pretrain` builds it, on synthetic data in `work`."""
     block = preset(args.preset).block_size
     batch_tokens = batch_tokens or args.micro_batch * block * args.accum
@@ -58,7 +60,7 @@ def build_trainer(work: Path, args, d: distributed.Dist | None = None, batch_tok
     cfg = TrainConfig(task="pretrain", data=str(data), out=str(work / f"run-{time.monotonic_ns()}"), preset=args.preset,
                       steps=10**9, batch_tokens=batch_tokens, micro_batch=args.micro_batch, warmup=10,
                       eval_every=10**9, save_every=10**9, log_every=10**9, compile=args.compile, dtype=args.dtype,
-                      device=args.device, loss=loss, attention=args.attention, compile_mode=args.compile_mode)
+                      device=args.device, attention=args.attention, compile_mode=args.compile_mode, **overrides)
     return Trainer(cfg, d or distributed.setup(args.device))
 
 
@@ -80,8 +82,8 @@ def time_steps(step, device: torch.device, warmup: int, steps: int) -> tuple[flo
     return (time.perf_counter() - start) / steps, value
 
 
-def measure_ours(args, work: Path, loss: str) -> dict:
-    trainer = build_trainer(work, args, loss=loss)
+def measure_ours(args, work: Path, overrides: dict) -> dict:
+    trainer = build_trainer(work, args, **overrides)
     device = trainer.d.device
     seconds, value = time_steps(lambda s: trainer.train_step(s)[0], device, args.warmup, args.steps)
     if args.profile:
@@ -191,7 +193,8 @@ def parse_args(argv=None):
     p.add_argument("--accum", type=int, default=8, help="micro-batches per optimizer step")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
-    p.add_argument("--variants", default="ours,ours-chunked,hf", help="comma-separated: ours (the trainer's default loss), ours-plain, ours-chunked, ours-fused, hf")
+    p.add_argument("--variants", default="ours,ours-chunked,hf", help="comma-separated: ours (the trainer's defaults), ours-plain, ours-chunked, ours-fused, "
+                                                               "ours-fp32-residual, hf")
     p.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient"])
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -106,6 +106,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        self.fp32_residual = False  # see hidden(); only matters under autocast
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -154,11 +155,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def forward(self, idx: torch.Tensor, pos: int | None = None, last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, V) for token ids idx (B, T).
+    def hidden(self, idx: torch.Tensor, pos: int | None = None, last_only: bool = False) -> torch.Tensor:
+        """The final layer norm's output (B, T, C) for token ids idx (B, T): forward without the head.
 
-        With a cache set up, pos is where idx starts in the sequence: the cache holds 0..pos-1.
-        last_only returns logits for the final position only (B, 1, V), all generation needs.
+        Under autocast the residual stream is carried in the autocast dtype (as llm.c does) unless
+        `fp32_residual` is set: every block already returns bf16/fp16, and fp32 adds and norms
+        moved twice the bytes, ~7% of a GPT-2 training step on an H100 (bench/NOTES.md).
         """
         B, T = idx.shape
         start = pos or 0
@@ -166,8 +168,19 @@ class GPT(nn.Module):
             raise ValueError(f"sequence end {start + T} exceeds block_size {self.config.block_size}")
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
+        device = x.device.type
+        if not self.fp32_residual and torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device))
         for block in self.transformer.h:
             x = block(x, pos)
         if last_only:
             x = x[:, -1:, :]
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, pos: int | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for token ids idx (B, T).
+
+        With a cache set up, pos is where idx starts in the sequence: the cache holds 0..pos-1.
+        last_only returns logits for the final position only (B, 1, V), all generation needs.
+        """
+        return self.lm_head(self.hidden(idx, pos, last_only))  # (B, T, V)

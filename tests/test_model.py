@@ -73,3 +73,20 @@ def test_forward_past_block_size_is_refused():
     model = make_tiny()
     with pytest.raises(ValueError):
         model(torch.zeros(1, model.config.block_size + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("fp32_residual", [False, True])
+def test_residual_stream_dtype_under_autocast(fp32_residual):
+    """Under bf16 autocast the blocks see a bf16 residual stream unless fp32_residual is set; the
+    logits stay close to the fp32 model's either way. Without autocast nothing changes."""
+    model = make_tiny().eval()
+    model.fp32_residual = fp32_residual
+    seen = []
+    model.transformer.h[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        reference = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(idx)
+    assert seen == [torch.float32, torch.float32 if fp32_residual else torch.bfloat16]
+    assert (mixed.float() - reference).abs().max() < 0.05 * reference.abs().max()

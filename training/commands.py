@@ -124,6 +124,8 @@ def _training_options(sft: bool):
         click.option("--loss", type=click.Choice(["auto", "plain", "chunked", "fused"]), default="auto", show_default=True,
                      help="fused turns the logits into their gradient in the forward pass (auto picks it on CUDA); "
                           "chunked never holds the whole (tokens x vocabulary) logits: less memory."),
+        click.option("--fp32-residual", is_flag=True,
+                     help="Under bf16/fp16 keep the residual stream in fp32 (slower; by default it is carried in bf16/fp16)."),
         click.option("--attention", type=click.Choice(["auto", "flash", "cudnn", "efficient"]), default="auto",
                      show_default=True, help="Attention kernel on CUDA (auto lets PyTorch choose)."),
         click.option("--seed", type=int, default=0, show_default=True),

@@ -25,16 +25,6 @@ def resolve_loss(kind: str, device: torch.device) -> str:
     return "fused" if triton_available(device) else "plain"
 
 
-def hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """The final-layer-norm output (B, T, C): GPT.forward without the output head."""
-    T = idx.size(1)
-    positions = torch.arange(T, device=idx.device)
-    x = model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(positions))  # (B, T, C)
-    for block in model.transformer.h:
-        x = block(x)
-    return model.transformer.ln_f(x)
-
-
 def plain_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Logits for every position, then cross-entropy in fp32. Compiled, inductor fuses the upcast."""
     logits = model(x)  # (B, T, V)
@@ -87,7 +77,7 @@ class LossFunction:
         self.chunk_rows = chunk_rows
         wrap = (lambda fn: torch.compile(fn, mode=compile_mode)) if compile else (lambda fn: fn)
         self._plain = wrap(plain_loss)
-        self._hidden = wrap(hidden_states)
+        self._hidden = wrap(GPT.hidden)
         self._chunk = wrap(_chunk_loss_and_grad)
 
     def __call__(self, model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto, bf16, fp16 or fp32
     device: str = "auto"  # auto, cpu or cuda
     loss: str = "auto"  # plain (compiled cross-entropy), chunked (never holds all logits), fused; auto: fused on CUDA
+    fp32_residual: bool = False  # under autocast keep the residual stream in fp32 (default: the autocast dtype)
     attention: str = "auto"  # SDPA kernel on CUDA: auto (PyTorch's pick), flash, cudnn or efficient
     seed: int = 0  # initialisation, data order and dropout
     tensorboard: bool = False  # also write TensorBoard scalars under out/tensorboard
@@ -204,6 +205,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # fp32 leftovers (outside autocast) on tensor cores (TF32)
             configure_attention(cfg.attention)
         self.model.to(d.device).train()
+        self.model.fp32_residual = cfg.fp32_residual
         self.loss_fn = LossFunction(resolve_loss(cfg.loss, d.device), compile=self.compile, compile_mode=cfg.compile_mode)
         self.module: nn.Module = TrainingModule(self.model, self.loss_fn)
         if d.enabled:
