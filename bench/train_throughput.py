@@ -87,20 +87,46 @@ def measure_ours(args, work: Path, overrides: dict) -> dict:
     device = trainer.d.device
     seconds, value = time_steps(lambda s: trainer.train_step(s)[0], device, args.warmup, args.steps)
     if args.profile:
-        profile_step(lambda: trainer.train_step(args.warmup + args.steps), device)
+        steps = iter(range(args.warmup + args.steps, 10**9))
+        profile_step(lambda: trainer.train_step(next(steps)), device)
     return {"model": trainer.model, "seconds": seconds, "loss": value, "trainer": trainer}
 
 
-def profile_step(step, device: torch.device) -> None:
-    """Where one optimizer step spends its device time, by kernel (after compilation)."""
+def profile_step(step, device: torch.device, steps: int = 2) -> None:
+    """Where `steps` optimizer steps spend their device time, by kernel, and where the GPU sat idle."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        step()
+        for _ in range(steps):
+            step()
         sync(device)
     sort = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=90), file=sys.stderr)
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as tmp:
+            prof.export_chrome_trace(f"{tmp}/trace.json")
+            events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
+        print(idle_report(events, steps), file=sys.stderr)
+
+
+def idle_report(events: list[dict], steps: int) -> str:
+    """GPU idle time between kernels in a profiler trace, and what the host was doing in the longest gaps."""
+    gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
+                 key=lambda e: e["ts"])
+    host = [e for e in events if e.get("cat") in ("cpu_op", "cuda_runtime") and "dur" in e]
+    end, gaps = gpu[0]["ts"] + gpu[0]["dur"], []
+    for e in gpu[1:]:
+        if e["ts"] > end:
+            gaps.append((e["ts"] - end, end, e["name"]))
+        end = max(end, e["ts"] + e["dur"])
+    span = end - gpu[0]["ts"]
+    lines = [f"GPU idle between kernels: {sum(g for g, _, _ in gaps) / 1e3 / steps:.1f} ms per step of "
+             f"{span / 1e3 / steps:.1f} ms ({len(gpu) // steps} kernels and copies per step)"]
+    for gap, at, before in sorted(gaps, reverse=True)[:3]:
+        doing = sorted({h["name"][:40] for h in host if h["ts"] <= at + gap and h["ts"] + h["dur"] >= at})[:5]
+        lines.append(f"  {gap / 1e3:.2f} ms before {before[:50]}; host in: {', '.join(doing)}")
+    return "\n".join(lines)
 
 
 def measure_hf(args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -201,7 +227,7 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument("--profile", action="store_true", help="also print one step's time by kernel (ours)")
+    p.add_argument("--profile", action="store_true", help="also print two steps' time by kernel and the GPU's idle gaps (ours)")
     p.add_argument("--quick", action="store_true", help="tiny model, CPU-sized: checks that the script works")
     args = p.parse_args(argv)
     if args.quick:

@@ -90,6 +90,22 @@ def test_loss_falls_on_real_code(data, tmp_path):
     assert card["training"]["val_loss"] == pytest.approx(min(val))
 
 
+def test_every_micro_step_trains_on_its_own_rows_despite_reading_ahead(data, tmp_path):
+    from gptui.training import distributed
+    from gptui.training.trainer import Trainer
+
+    trainer = Trainer(config(data, tmp_path / "run", batch_tokens=3 * 64, micro_batch=1), distributed.setup("cpu"))
+    fed = []
+    forward = trainer.module.forward
+    trainer.module.forward = lambda x, y: fed.append(x.clone()) or forward(x, y)
+    for step in range(3):
+        trainer.train_step(step)
+    expected = [torch.from_numpy(trainer.sampler.micro_batch_rows(step, micro, 0)[0]).long()
+                for step in range(3) for micro in range(3)]
+    assert len(fed) == 9 and all(torch.equal(a.long(), b) for a, b in zip(fed, expected))
+    assert len({tuple(x.flatten().tolist()) for x in fed}) == 9
+
+
 def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data, tmp_path):
     steps = dict(steps=80, eval_every=40, save_every=80)
     assert run_training(config(data, tmp_path / "straight", **steps)) == 0

@@ -219,6 +219,7 @@ class Trainer:
             if self.state.get("scaler"):
                 self.scaler.load_state_dict(self.state["scaler"])
         self.bad = torch.zeros((), dtype=torch.bool, device=d.device)  # any non-finite loss since the last check
+        self._ahead: tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None  # (step, micro), rows
 
     # ----- one step -----
 
@@ -238,7 +239,7 @@ class Trainer:
         scale = d.world / self.sampler.step_targets(step)
         total = torch.zeros((), device=d.device)
         for micro in range(self.accum):
-            x, y = to_device(*self.sampler.micro_batch_rows(step, micro, d.rank), d.device)
+            x, y = self._micro_batch(step, micro)
             last = micro == self.accum - 1
             sync = contextlib.nullcontext() if last or not d.enabled else self.module.no_sync()
             with sync:
@@ -246,6 +247,7 @@ class Trainer:
                     loss = self.module(x, y) * scale
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+            self._read_ahead(step + last, 0 if last else micro + 1)
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         self.scaler.step(self.optimizer)
@@ -253,6 +255,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad |= ~torch.isfinite(total)
         return total, norm
+
+    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows for one micro-step, on the device: read ahead if _read_ahead guessed right."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == (step, micro):
+            return ahead[1]
+        return to_device(*self.sampler.micro_batch_rows(step, micro, self.d.rank), self.d.device)
+
+    def _read_ahead(self, step: int, micro: int) -> None:
+        """Read and send the next micro-batch while the GPU still works through this one's backward.
+
+        Reading rows takes the host a few ms; done at the top of a step, the GPU had already run
+        out of queued work (the optimizer's kernels are short) and sat idle for it: 7.5 ms of a
+        240 ms step at micro-batch 128 on an H100 (bench/NOTES.md). The rows of a step are a
+        function of (step, micro, rank), so reading ahead changes nothing about which ones.
+        """
+        self._ahead = ((step, micro), to_device(*self.sampler.micro_batch_rows(step, micro, self.d.rank), self.d.device))
 
     @torch.no_grad()
     def evaluate(self) -> float:
