@@ -20,10 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
+from gptui.core import model as model_module
 from gptui.core.config import preset
 from gptui.core.tokenizer import get_encoding
 from gptui.training import distributed
@@ -34,7 +36,7 @@ from gptui.training.trainer import TrainConfig, Trainer, configure_attention, re
 H100_BF16_PEAK = 989e12
 # variant -> what it changes in our TrainConfig
 OURS = {"ours": {}, "ours-plain": {"loss": "plain"}, "ours-chunked": {"loss": "chunked"}, "ours-fused": {"loss": "fused"},
-        "ours-fp32-residual": {"fp32_residual": True}}
+        "ours-fp32-residual": {"fp32_residual": True}, "ours-unfused-gelu": {}}
 
 
 def synthetic_data(folder: Path, tokens: int, vocab: int, encoding: str = "gpt2-code") -> Path:
@@ -220,7 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     p.add_argument("--variants", default="ours,ours-chunked,hf", help="comma-separated: ours (the trainer's defaults), ours-plain, ours-chunked, ours-fused, "
-                                                               "ours-fp32-residual, hf")
+                                                               "ours-fp32-residual, ours-unfused-gelu, hf")
     p.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient"])
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -250,7 +252,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants.split(","):
             release(device)
-            if variant in OURS:
+            if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/bias_gelu.py
+                with mock.patch.object(model_module, "available", lambda device: False):
+                    result = measure_ours(args, Path(tmp), OURS[variant])
+            elif variant in OURS:
                 result = measure_ours(args, Path(tmp), OURS[variant])
             elif variant == "hf":
                 result = measure_hf(args, device, dtype)

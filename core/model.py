@@ -2,7 +2,8 @@
 
 Parameter names follow Hugging Face's GPT2LMHeadModel (transformer.h.0.attn.c_attn, ...), so
 weights map 1:1 (HF stores the Conv1D weights transposed; the converters transpose them).
-This file imports torch only: no tokenizer, no files, no printing.
+This file imports torch only (Triton, for training on a GPU, through bias_gelu): no tokenizer,
+no files, no printing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backends.fused_linear import available
+from .bias_gelu import bias_gelu
 from .config import GPTConfig
 
 
@@ -86,7 +89,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2 used the tanh approximation; keeping it makes logits match Hugging Face exactly.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if self.training and self.c_fc.bias is not None and available(x.device):
+            h = bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # one backward pass for both
+        else:
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):

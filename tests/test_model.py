@@ -90,3 +90,45 @@ def test_residual_stream_dtype_under_autocast(fp32_residual):
             mixed = model(idx)
     assert seen == [torch.float32, torch.float32 if fp32_residual else torch.bfloat16]
     assert (mixed.float() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_bias_gelu_matches_gelu_of_the_sum_with_gradients():
+    """The op's plain-torch path (CPU): values, d/dz and the bias gradient summed over every row."""
+    from gptui.core.bias_gelu import bias_gelu
+
+    torch.manual_seed(0)
+    z = torch.randn(3, 5, 40, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 5, 40, dtype=torch.float64)
+    out = bias_gelu(z, bias)
+    got = torch.autograd.grad(out, (z, bias), grad)
+    reference = torch.nn.functional.gelu(z + bias, approximate="tanh")
+    expected = torch.autograd.grad(reference, (z, bias), grad)
+    torch.testing.assert_close(out, reference)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_uses_the_fused_bias_gelu_and_gets_the_same_gradients(monkeypatch):
+    from gptui.core import model as model_module
+
+    model = make_tiny().cuda().train()
+    idx = torch.randint(0, model.config.vocab_size, (3, 40), device="cuda")
+    calls = []
+    fused = model_module.bias_gelu
+    monkeypatch.setattr(model_module, "bias_gelu", lambda z, b: calls.append(1) or fused(z, b))
+
+    def grads():
+        model.zero_grad()
+        model(idx).float().square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    with_kernel = grads()
+    assert len(calls) == model.config.n_layer
+    monkeypatch.setattr(model_module, "available", lambda device: False)
+    plain = grads()
+    assert len(calls) == model.config.n_layer
+    for name in plain:
+        torch.testing.assert_close(with_kernel[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

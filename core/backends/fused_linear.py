@@ -20,8 +20,11 @@ import importlib.util
 import torch
 
 
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # looked up once: torch.compile traces available()
+
+
 def available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    return device.type == "cuda" and HAVE_TRITON
 
 
 _kernel = None
