@@ -161,6 +161,15 @@ def measure_hf(args, device: torch.device, dtype: torch.dtype) -> dict:
     return {"model": model, "seconds": seconds, "loss": value}
 
 
+def measure(variant: str, args, work: Path, device: torch.device, dtype: torch.dtype) -> dict:
+    if variant == "hf":
+        return measure_hf(args, device, dtype)
+    if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/bias_gelu.py
+        with mock.patch.object(model_module, "available", lambda device: False):
+            return measure_ours(args, work, OURS[variant])
+    return measure_ours(args, work, OURS[variant])
+
+
 def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     """Achievable dense matmul FLOP/s on this device in this run (the realistic ceiling for MFU)."""
     n = 8192 if device.type == "cuda" else 512
@@ -251,16 +260,14 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants.split(","):
-            release(device)
-            if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/bias_gelu.py
-                with mock.patch.object(model_module, "available", lambda device: False):
-                    result = measure_ours(args, Path(tmp), OURS[variant])
-            elif variant in OURS:
-                result = measure_ours(args, Path(tmp), OURS[variant])
-            elif variant == "hf":
-                result = measure_hf(args, device, dtype)
-            else:
+            if variant not in OURS and variant != "hf":
                 sys.exit(f"unknown variant {variant!r}")
+            release(device)
+            try:
+                result = measure(variant, args, Path(tmp), device, dtype)
+            except torch.OutOfMemoryError:
+                print(f"{variant}: out of GPU memory at micro-batch {args.micro_batch}", file=sys.stderr)
+                continue
             rows.append(row(variant, result, args, device, matmul))
             del result
     print_table(rows, f"{args.preset}, context {preset(args.preset).block_size}, {str(dtype).replace('torch.', '')}, "
