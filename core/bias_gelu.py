@@ -65,6 +65,10 @@ def _build() -> dict:
     return {"forward": forward_kernel, "backward": backward_kernel}
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _triton(t: torch.Tensor) -> bool:
     return available(t.device) and t.is_contiguous()
 
@@ -84,7 +88,7 @@ def _bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     _kernels = _kernels or _build()
     M, N = z.numel() // z.size(-1), z.size(-1)
     out = torch.empty_like(z)
-    grid = (triton_cdiv(M, BLOCK_M), triton_cdiv(N, BLOCK_N))
+    grid = (_cdiv(M, BLOCK_M), _cdiv(N, BLOCK_N))
     _kernels["forward"][grid](z, bias, out, M, N, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=8)
     return out
 
@@ -109,9 +113,9 @@ def _backward_triton(grad, z, bias, block_m: int, block_n: int, rows: int, warps
     _kernels = _kernels or _build()
     M, N = z.numel() // z.size(-1), z.size(-1)
     dz = torch.empty_like(z)
-    programs = triton_cdiv(M, rows)
+    programs = _cdiv(M, rows)
     partial = torch.empty(programs, N, dtype=torch.float32, device=z.device)
-    grid = (programs, triton_cdiv(N, block_n))
+    grid = (programs, _cdiv(N, block_n))
     _kernels["backward"][grid](grad, z, bias, dz, partial, M, N, ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n,
                                STAGES=stages, num_warps=warps)
     return dz, partial.sum(0)
@@ -134,10 +138,6 @@ def _backward(ctx, grad):
 
 
 _bias_gelu.register_autograd(_backward, setup_context=_setup_context)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
