@@ -49,9 +49,9 @@ def main() -> None:
         if block_m * block_n > 16384:
             continue
         config = dict(block_m=block_m, block_n=block_n, rows=rows, warps=warps, stages=stages)
-        dz, db = bias_gelu._backward_triton(grad, z, bias, **config)
+        dz, db = bias_gelu.backward_triton(grad, z, bias, **config)
         assert (dz.float() - expected[0].float()).abs().max() < 0.1 and torch.allclose(db, expected[1], rtol=1e-3, atol=1e-1)
-        ms = cuda_ms(lambda: bias_gelu._backward_triton(grad, z, bias, **config), args.repeat)
+        ms = cuda_ms(lambda: bias_gelu.backward_triton(grad, z, bias, **config), args.repeat)
         best = min(best or (ms, config), (ms, config), key=lambda x: x[0])
         print(f"{str(config):<70} {ms:8.3f} ms  {gbytes / ms * 1e3:7.0f} GB/s  {plain / ms:5.2f}x")
     print(f"best: {best[1]} {best[0]:.3f} ms, {plain / best[0]:.2f}x the compiled pair")

@@ -105,10 +105,11 @@ def _bias_gelu_backward(grad: torch.Tensor, z: torch.Tensor, bias: torch.Tensor)
         wide = torch.promote_types(z.dtype, torch.float32)
         dz = grad.to(wide) * _gelu_slope(z.to(wide) + bias.to(wide))
         return dz.to(z.dtype), dz.reshape(-1, z.size(-1)).sum(0).to(wide)
-    return _backward_triton(grad, z, bias, **BACKWARD_CONFIG)
+    return backward_triton(grad, z, bias, **BACKWARD_CONFIG)
 
 
-def _backward_triton(grad, z, bias, block_m: int, block_n: int, rows: int, warps: int, stages: int):
+def backward_triton(grad, z, bias, block_m: int, block_n: int, rows: int, warps: int, stages: int):
+    """The backward kernel with a given tiling (BACKWARD_CONFIG in training; bench/bias_gelu_gpu.py sweeps it)."""
     global _kernels
     _kernels = _kernels or _build()
     M, N = z.numel() // z.size(-1), z.size(-1)
