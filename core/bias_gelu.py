@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from .backends.fused_linear import available
 
-SQRT_2_OVER_PI = 0.7978845608028654
-KAPPA = 0.044715
 BLOCK_M, BLOCK_N = 32, 256  # the forward's tiles
 BACKWARD_CONFIG = dict(block_m=32, block_n=128, rows=512, warps=4, stages=3)  # best of 64 in bench/bias_gelu_gpu.py (H100)
 _kernels = None
@@ -65,6 +63,12 @@ def _build() -> dict:
     return {"forward": forward_kernel, "backward": backward_kernel}
 
 
+def _kernel(name: str):
+    global _kernels
+    _kernels = _kernels or _build()
+    return _kernels[name]
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -73,27 +77,20 @@ def _triton(t: torch.Tensor) -> bool:
     return available(t.device) and t.is_contiguous()
 
 
-def _gelu_slope(a: torch.Tensor) -> torch.Tensor:
-    """d gelu_tanh(a) / da, as PyTorch's gelu_backward computes it."""
-    t = torch.tanh(SQRT_2_OVER_PI * (a + KAPPA * a**3))
-    return 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * KAPPA * a * a)
-
-
 @torch.library.custom_op("gptui::bias_gelu", mutates_args=())
-def _bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(z + bias) with z (..., N) and bias (N,); the result has z's dtype."""
     if not _triton(z):
         wide = torch.promote_types(z.dtype, torch.float32)
         return F.gelu(z.to(wide) + bias.to(wide), approximate="tanh").to(z.dtype)
-    global _kernels
-    _kernels = _kernels or _build()
     M, N = z.numel() // z.size(-1), z.size(-1)
     out = torch.empty_like(z)
     grid = (_cdiv(M, BLOCK_M), _cdiv(N, BLOCK_N))
-    _kernels["forward"][grid](z, bias, out, M, N, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=8)
+    _kernel("forward")[grid](z, bias, out, M, N, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=8)
     return out
 
 
-@_bias_gelu.register_fake
+@bias_gelu.register_fake
 def _(z, bias):
     return torch.empty_like(z)
 
@@ -103,22 +100,20 @@ def _bias_gelu_backward(grad: torch.Tensor, z: torch.Tensor, bias: torch.Tensor)
     """(d/dz, d/dbias) of sum(grad * gelu(z + bias)); d/dbias in fp32 (or wider), summed over every row."""
     if not (_triton(z) and grad.is_contiguous()):
         wide = torch.promote_types(z.dtype, torch.float32)
-        dz = grad.to(wide) * _gelu_slope(z.to(wide) + bias.to(wide))
+        dz = torch.ops.aten.gelu_backward(grad.to(wide), z.to(wide) + bias.to(wide), approximate="tanh")
         return dz.to(z.dtype), dz.reshape(-1, z.size(-1)).sum(0).to(wide)
     return backward_triton(grad, z, bias, **BACKWARD_CONFIG)
 
 
 def backward_triton(grad, z, bias, block_m: int, block_n: int, rows: int, warps: int, stages: int):
     """The backward kernel with a given tiling (BACKWARD_CONFIG in training; bench/bias_gelu_gpu.py sweeps it)."""
-    global _kernels
-    _kernels = _kernels or _build()
     M, N = z.numel() // z.size(-1), z.size(-1)
     dz = torch.empty_like(z)
     programs = _cdiv(M, rows)
     partial = torch.empty(programs, N, dtype=torch.float32, device=z.device)
     grid = (programs, _cdiv(N, block_n))
-    _kernels["backward"][grid](grad, z, bias, dz, partial, M, N, ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n,
-                               STAGES=stages, num_warps=warps)
+    _kernel("backward")[grid](grad, z, bias, dz, partial, M, N, ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n,
+                              STAGES=stages, num_warps=warps)
     return dz, partial.sum(0)
 
 
@@ -138,9 +133,5 @@ def _backward(ctx, grad):
     return dz, dbias.to(bias.dtype)
 
 
-_bias_gelu.register_autograd(_backward, setup_context=_setup_context)
+bias_gelu.register_autograd(_backward, setup_context=_setup_context)
 
-
-def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(z + bias) with z (..., N) and bias (N,); the result has z's dtype."""
-    return _bias_gelu(z, bias)
