@@ -3,9 +3,12 @@
     python bench/fused_loss_gpu.py                   # GPT-2's micro-batch: 32 x 1024 rows, 50304 columns
 
 Times, on the same bf16 logits: torch.compile'd cross_entropy forward + backward (what the plain
-loss costs), and the fused kernel for each block size and warp count tried (one launch that
-leaves the gradient in the logits). A persistent variant (a few programs per SM walking the rows,
-the second pass backwards to hit the cache) was slower: 3.2-5.9 ms against 2.9 (bench/NOTES.md). Prints GB/s as if each read the logits twice and wrote them once.
+loss costs), and the fused kernel (one launch that leaves the gradient in the logits) for each
+block size, warp count, direction of the second pass (backwards, it starts on the blocks the
+first pass read last, the likeliest still in L2) and pair of L2 eviction policies (keep the
+first pass's reads, stream the second's). A persistent variant (a few programs per SM walking
+the rows) was slower: 3.2-5.9 ms against 2.9 (bench/NOTES.md). Prints GB/s as if each read the
+logits twice and wrote them once.
 """
 
 from __future__ import annotations
@@ -39,14 +42,19 @@ def main() -> None:
     plain = cuda_ms(lambda: torch.autograd.grad(ce(leaf, targets), leaf), args.repeat, warmup=2)
     print(f"{'compiled cross_entropy fwd+bwd':<34} {plain:8.3f} ms")
     kernel = fused_loss._build()
-    for block in (1024, 2048, 4096, 8192):
-        for warps in (4, 8, 16, 32):
-            work = logits.clone()
-            losses = torch.empty(args.rows, device="cuda")
-            ms = cuda_ms(lambda: kernel[(args.rows,)](work, work.stride(0), targets, losses, args.vocab,
-                                                    BLOCK=block, num_warps=warps), args.repeat)
-            print(f"{f'fused BLOCK={block} warps={warps}':<34} {ms:8.3f} ms  {gbytes / ms * 1e3:7.0f} GB/s  "
-                  f"{plain / ms:5.2f}x")
+    policies = {"plain": ("", ""), "keep-first": ("evict_last", "evict_first")}
+    for block in (2048, 4096, 8192):
+        for warps in (8, 16, 32):
+            for reverse in (0, 1):
+                for policy, (keep, stream) in policies.items():
+                    work = logits.clone()
+                    losses = torch.empty(args.rows, device="cuda")
+                    ms = cuda_ms(lambda: kernel[(args.rows,)](work, work.stride(0), targets, losses, args.vocab, BLOCK=block,
+                                                            REVERSE=reverse, KEEP=keep, STREAM=stream, num_warps=warps),
+                                 args.repeat)
+                    name = f"BLOCK={block} warps={warps} reverse={reverse} {policy}"
+                    print(f"{name:<48} {ms:8.3f} ms  {gbytes / ms * 1e3:7.0f} GB/s  {plain / ms:5.2f}x", flush=True)
+
 
 if __name__ == "__main__":
     main()

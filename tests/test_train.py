@@ -74,6 +74,29 @@ def test_loss_kinds_match_plain_loss_and_gradients(kind):
         torch.testing.assert_close(other_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
 
 
+def test_fused_loss_under_autocast_feeds_the_head_bf16_and_matches_the_plain_gradients():
+    from gptui.core.config import preset
+    from gptui.core.model import GPT
+    from gptui.training.loss import LossFunction, head_input
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=500))
+    x, y = torch.randint(0, 500, (2, 64)), torch.randint(0, 500, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head_input(model, x).dtype == torch.bfloat16  # no fp32 (rows, C) tensor for the head
+    grads = []
+    for name in ("plain", "fused"):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = LossFunction(name)(model, x, y)
+        (loss / y.numel()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert all(g.dtype == torch.float32 for g in grads)
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cosine > 0.999, cosine
+    assert grads[1].norm() / grads[0].norm() == pytest.approx(1, abs=0.01)  # the 1/numel scale reached them
+
+
 def test_loss_falls_on_real_code(data, tmp_path):
     out = tmp_path / "run"
     result = pretrain(*train_args(data, out, steps=30, preset="tiny", lr="1e-2"))

@@ -31,6 +31,20 @@ def plain_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
+def head_input(model: GPT, x: torch.Tensor) -> torch.Tensor:
+    """The final norm's output (B*T, C) in the dtype the head's matmul runs in.
+
+    Under autocast the norm returns fp32; cast here, inside the compiled region, the norm kernel
+    writes bf16 directly, and the head's gradient comes back in bf16: an fp32 (rows, C) tensor
+    and its gradient never travel through memory.
+    """
+    h = model.hidden(x)
+    device = h.device.type
+    if torch.is_autocast_enabled(device):
+        h = h.to(torch.get_autocast_dtype(device))
+    return h.flatten(0, 1)
+
+
 def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
     """Loss sum over one chunk of rows and d(loss)/d(logits), without keeping the logits."""
     logits = (h @ weight.t()).float()  # (n, V), overwritten with its gradient
@@ -77,13 +91,13 @@ class LossFunction:
         self.chunk_rows = chunk_rows
         wrap = (lambda fn: torch.compile(fn, mode=compile_mode)) if compile else (lambda fn: fn)
         self._plain = wrap(plain_loss)
-        self._hidden = wrap(GPT.hidden)
+        self._head_input = wrap(head_input)
         self._chunk = wrap(_chunk_loss_and_grad)
 
     def __call__(self, model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "plain":
             return self._plain(model, x, y)
-        h = self._hidden(model, x).flatten(0, 1)  # (B*T, C)
+        h = self._head_input(model, x)  # (B*T, C)
         if self.kind == "fused":
             return LinearCrossEntropy.apply(h, model.lm_head.weight, y.flatten())
         return _ChunkedLinearCrossEntropy.apply(h, model.lm_head.weight, y.flatten(), self._chunk, self.chunk_rows)
