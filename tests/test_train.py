@@ -74,6 +74,19 @@ def test_loss_kinds_match_plain_loss_and_gradients(kind):
         torch.testing.assert_close(other_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
 
 
+def test_eval_loss_in_chunks_equals_the_plain_loss():
+    from gptui.core.config import preset
+    from gptui.core.model import GPT
+    from gptui.training.loss import eval_loss, plain_loss
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=500)).eval()
+    x, y = torch.randint(0, 500, (3, 64)), torch.randint(0, 500, (3, 64))
+    y[1, 5:30] = -1
+    with torch.no_grad():
+        torch.testing.assert_close(eval_loss(model, x, y, chunk_rows=50), plain_loss(model, x, y))
+
+
 def test_fused_loss_under_autocast_feeds_the_head_bf16_and_matches_the_plain_gradients():
     from gptui.core.config import preset
     from gptui.core.model import GPT

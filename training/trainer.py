@@ -31,7 +31,7 @@ from ..core.tokenizer import get_encoding
 from . import distributed
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
 from .data import Sampler, eval_row_ids, open_rows, to_device
-from .loss import IGNORE, LossFunction, plain_loss, resolve_loss
+from .loss import IGNORE, LossFunction, eval_loss, resolve_loss
 from .metrics import MetricsLog, flops_per_token, memory_gb, peak_flops, tensorboard_writer
 from .optim import build_optimizer, get_lr
 from .shards import PRETRAIN, SFT, read_manifest
@@ -282,7 +282,7 @@ class Trainer:
             ids = self.eval_ids[start : start + self.cfg.micro_batch]
             x, y = to_device(*self.val_rows.rows(0, ids), self.d.device)
             with self.autocast():
-                sums[0] += plain_loss(self.model, x, y).double()
+                sums[0] += eval_loss(self.model, x, y).double()
             sums[1] += (y != IGNORE).sum()
         distributed.all_reduce(sums, self.d)
         self.model.train()
