@@ -230,8 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--accum", type=int, default=8, help="micro-batches per optimizer step")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
-    p.add_argument("--variants", default="ours,ours-chunked,hf", help="comma-separated: ours (the trainer's defaults), ours-plain, ours-chunked, ours-fused, "
-                                                               "ours-fp32-residual, ours-unfused-gelu, hf")
+    p.add_argument("--variants", default="ours,ours-chunked,hf",
+                   help=f"comma-separated: {', '.join([*OURS, 'hf'])} (ours: the trainer's defaults)")
     p.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient"])
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -31,21 +31,6 @@ def plain_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
-def eval_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """plain_loss's value, without gradients, the head applied chunk_rows rows at a time.
-
-    plain_loss holds every logit and two fp32 copies (the upcast and its log-softmax): 82 GB for
-    GPT-2 at micro-batch 160, more than an 80 GB GPU has beside the training state.
-    """
-    h = model.hidden(x).flatten(0, 1)
-    targets = y.flatten()
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for start in range(0, h.size(0), chunk_rows):
-        logits = model.lm_head(h[start : start + chunk_rows]).float()
-        total += F.cross_entropy(logits, targets[start : start + chunk_rows], ignore_index=IGNORE, reduction="sum")
-    return total
-
-
 def head_input(model: GPT, x: torch.Tensor) -> torch.Tensor:
     """The final norm's output (B*T, C) in the dtype the head's matmul runs in.
 
@@ -58,6 +43,21 @@ def head_input(model: GPT, x: torch.Tensor) -> torch.Tensor:
     if torch.is_autocast_enabled(device):
         h = h.to(torch.get_autocast_dtype(device))
     return h.flatten(0, 1)
+
+
+def eval_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """plain_loss's value, without gradients, the head applied chunk_rows rows at a time.
+
+    plain_loss holds every logit and two fp32 copies (the upcast and its log-softmax): 82 GB for
+    GPT-2 at micro-batch 160, more than an 80 GB GPU has beside the training state.
+    """
+    h = head_input(model, x)
+    targets = y.flatten()
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, h.size(0), chunk_rows):
+        logits = model.lm_head(h[start : start + chunk_rows]).float()
+        total += F.cross_entropy(logits, targets[start : start + chunk_rows], ignore_index=IGNORE, reduction="sum")
+    return total
 
 
 def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):

@@ -261,6 +261,9 @@ class Trainer:
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == (step, micro):
             return ahead[1]
+        return self._rows(step, micro)
+
+    def _rows(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         return to_device(*self.sampler.micro_batch_rows(step, micro, self.d.rank), self.d.device)
 
     def _read_ahead(self, step: int, micro: int) -> None:
@@ -271,7 +274,7 @@ class Trainer:
         240 ms step at micro-batch 128 on an H100 (bench/NOTES.md). The rows of a step are a
         function of (step, micro, rank), so reading ahead changes nothing about which ones.
         """
-        self._ahead = ((step, micro), to_device(*self.sampler.micro_batch_rows(step, micro, self.d.rank), self.d.device))
+        self._ahead = ((step, micro), self._rows(step, micro))
 
     @torch.no_grad()
     def evaluate(self) -> float:
