@@ -9,7 +9,8 @@ import torch
 
 from gptui.core.backends import BACKENDS, load_backend
 from gptui.core.backends.cuda_backend import CudaBackend
-from gptui.core.backends.torch_backend import PackedLinear, onednn_available
+from gptui.core import cpu_kernels
+from gptui.core.backends.torch_backend import CpuLinear, onednn_available
 from gptui.core.checkpoint import load_model
 from gptui.core.errors import GptuiError
 from gptui.core.generate import DoneEvent, generate
@@ -39,12 +40,14 @@ def test_fp32_backends_match_a_full_forward_at_every_step(name, exported_dir):
     assert backend.position == 64
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
-def test_torch_fp32_multiplies_through_prepacked_onednn_weights(exported_dir):
-    """Every matrix, the tied head included, is packed; the size reported stays the fp32 checkpoint's."""
+@pytest.mark.skipif(not (onednn_available() or cpu_kernels.available()), reason="neither oneDNN nor the C kernel")
+def test_torch_fp32_multiplies_through_cpu_linears_sharing_the_tied_embedding(exported_dir):
+    """Every matrix, the tied head included, is a CpuLinear; the head reads the embedding's own storage."""
     backend = load_backend("torch-fp32", exported_dir)
     assert not any(isinstance(m, torch.nn.Linear) for m in backend.model.modules())
-    assert isinstance(backend.model.lm_head, PackedLinear)
+    head = backend.model.lm_head
+    assert isinstance(head, CpuLinear) and head.gemv == cpu_kernels.available()
+    assert head.weight.data_ptr() == backend.model.transformer.wte.weight.data_ptr()
     assert backend.nbytes == 4 * backend.model.config.num_params()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from .. import cpu_kernels
 from ..checkpoint import load_model
 from ..model import GPT
 from .base import Backend
@@ -14,39 +16,47 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class PackedLinear(nn.Module):
-    """nn.Linear whose weight oneDNN has reordered once into its own blocked layout.
+class CpuLinear(nn.Module):
+    """nn.Linear for CPU inference, each input through the fastest product for its shape.
 
-    Batch-1 decode multiplies a vector by each matrix and is bound by reading the weights once per
-    token. Read through oneDNN's prepacked layout, the matrices stream at ~20.6 GB/s on a 2-core
-    EPYC against ~16.3 GB/s for MKL's addmm on the same weights stored (in, out), and ~13 GB/s for
-    the (out, in) layout nn.Linear keeps (bench/NOTES.md). Prefill (many rows) runs faster too.
+    Batch-1 decode multiplies one vector by each matrix and is bound by reading the weights once
+    per token. One row goes through our C kernel (core/cpu_kernels.c), which streams the (out, in)
+    weight nn.Linear keeps at ~50 GB/s on a 2-core EPYC, against 21-36 GB/s for oneDNN's prepacked
+    layout and 14-28 for MKL (bench/NOTES.md). Many rows (a prefill) go through oneDNN, which
+    takes the same plain weight as fast as its packed one. Without the C kernel (no compiler at
+    install time), oneDNN's prepacked layout serves both; without either, F.linear.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), 1)
+        self.weight = weight.detach().float().contiguous()  # shares the tied embedding's storage
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.gemv = cpu_kernels.available()
+        self.packed = None
+        if onednn_available():
+            self.packed = self.weight if self.gemv else torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.gemv and x.numel() == self.in_features:
+            return cpu_kernels.gemv(x, self.weight, self.bias)
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
-def pack_linears(model: GPT) -> GPT:
-    """Swap every nn.Linear, the tied output head included, for a PackedLinear (inference only).
+def to_cpu_linears(model: GPT) -> GPT:
+    """Swap every nn.Linear, the tied output head included, for a CpuLinear (inference only).
 
-    The embedding keeps its plain table for row lookups, so the head's packed copy costs one more
-    vocabulary-sized matrix in memory. Without oneDNN (a PyTorch build lacking it) the model is
-    left as it is.
+    With neither the C kernel nor oneDNN the model is left as it is.
     """
-    if not onednn_available():
+    if not (cpu_kernels.available() or onednn_available()):
         return model
     with torch.no_grad():
         for module in list(model.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, child_name, PackedLinear(child.weight, child.bias))
+                    setattr(module, child_name, CpuLinear(child.weight, child.bias))
     return model
 
 
@@ -63,7 +73,7 @@ class TorchBackend(Backend):
     @classmethod
     def load(cls, folder, name: str = "torch-fp32", **_) -> "TorchBackend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
-        return cls(pack_linears(model), name=name)
+        return cls(to_cpu_linears(model), name=name)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:

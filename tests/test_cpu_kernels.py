@@ -1,0 +1,96 @@
+"""The C matrix-vector kernel behind torch-fp32's decode step: every instruction-set path, every tail."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from gptui.core import cpu_kernels
+from gptui.core.backends.torch_backend import CpuLinear
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="the C kernel was not built (no compiler)")
+
+
+@pytest.fixture
+def isa(request):
+    """Run the test on one kernel path, then go back to the one this CPU picked."""
+    best = cpu_kernels.isa()
+    used = cpu_kernels.select(request.param)
+    yield used
+    cpu_kernels.select(best)
+
+
+def test_the_kernel_is_built_wherever_a_c_compiler_is():
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on this machine")
+    assert cpu_kernels.available()
+    assert cpu_kernels.isa() in cpu_kernels.ISAS
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", cpu_kernels.ISAS, indirect=True)
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 15), (5, 16), (7, 17), (4, 63), (9, 64), (2, 65), (33, 200), (768, 768)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gemv_equals_the_matrix_product_on_every_path_and_tail(isa, n, k, with_bias):
+    g = torch.Generator().manual_seed(n * 1000 + k)
+    w, x = torch.randn(n, k, generator=g), torch.randn(1, 1, k, generator=g)
+    bias = torch.randn(n, generator=g) if with_bias else None
+    expected = x.double() @ w.double().T + (bias.double() if with_bias else 0)
+    got = cpu_kernels.gemv(x, w, bias)
+    assert got.shape == (1, 1, n) and got.dtype == torch.float32
+    assert (got.double() - expected).abs().max().item() < 1e-5 * max(1.0, k ** 0.5)
+
+
+@needs_kernel
+def test_rows_do_not_depend_on_the_thread_count():
+    """Each row is one thread's sum in a fixed order, so splitting the rows differently changes no bit."""
+    g = torch.Generator().manual_seed(0)
+    w, x, b = torch.randn(1001, 384, generator=g), torch.randn(384, generator=g), torch.randn(1001, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_kernels.gemv(x, w, b)
+        torch.set_num_threads(2)
+        two = cpu_kernels.gemv(x, w, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@needs_kernel
+def test_gemv_refuses_what_it_cannot_multiply():
+    w = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="one float32 CPU row of 16"):
+        cpu_kernels.gemv(torch.randn(2, 16), w)  # two rows
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.gemv(torch.randn(16, dtype=torch.float64), w)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        cpu_kernels.select("sse9")
+
+
+def test_cpu_linear_gives_nn_linear_for_one_row_and_many():
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(96, 50)
+    fast = CpuLinear(reference.weight, reference.bias)
+    for rows in (1, 7):
+        x = torch.randn(1, rows, 96)
+        with torch.no_grad():
+            assert (fast(x) - reference(x)).abs().max().item() < 1e-5
+
+
+def test_without_the_kernel_the_backend_decodes_the_same_through_onednn(tiny_model_dir, monkeypatch):
+    """An install with no C compiler: torch-fp32 falls back to oneDNN's packed weights, same logits."""
+    from gptui.core.backends import load_backend
+
+    ids = list(range(100, 120))
+
+    def logits(backend):
+        return torch.stack([backend.prefill(ids[:5])] + [backend.decode(t) for t in ids[5:]])
+
+    fast = logits(load_backend("torch-fp32", tiny_model_dir))
+    monkeypatch.setattr(cpu_kernels, "_c", None)
+    fallback = load_backend("torch-fp32", tiny_model_dir)
+    assert not fallback.model.lm_head.gemv
+    assert (logits(fallback) - fast).abs().max().item() < 1e-4
