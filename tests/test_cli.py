@@ -123,9 +123,17 @@ def test_no_prompt_and_no_terminal_does_not_wait_for_keys(tiny_model_dir):
     assert result.returncode == 1 and b"empty prompt" in result.stderr
 
 
+def as_from_a_terminal():
+    # A shell without job control starts background jobs with SIGINT ignored, the child inherits
+    # that, and Python then (rightly) installs no KeyboardInterrupt handler. Ctrl-C at a terminal
+    # reaches a process whose SIGINT is at its default, so start the child that way.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_flushes_output_and_exits_130(tiny_model_dir):
     proc = subprocess.Popen([sys.executable, "-m", "gptui.tui.cli", "--model", str(tiny_model_dir), "-n", "1000000"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=as_from_a_terminal)
     proc.stdin.write(b"def f():\n")
     proc.stdin.close()
     proc.stdin = None
