@@ -21,8 +21,8 @@ class CpuLinear(nn.Module):
 
     Batch-1 decode multiplies one vector by each matrix and is bound by reading the weights once
     per token. One row goes through our C kernel (core/cpu_kernels.c), which streams the (out, in)
-    weight nn.Linear keeps at ~50 GB/s on a 2-core EPYC, against 21-36 GB/s for oneDNN's prepacked
-    layout and 14-28 for MKL (bench/NOTES.md). Many rows (a prefill) go through oneDNN, which
+    weight nn.Linear keeps faster than oneDNN's prepacked layout or MKL on both CPUs measured
+    (README, "Backends and speed"; bench/NOTES.md). Many rows (a prefill) go through oneDNN, which
     takes the same plain weight as fast as its packed one. Without the C kernel (no compiler at
     install time), oneDNN's prepacked layout serves both; without either, F.linear.
     """
