@@ -14,5 +14,7 @@ elif sys.platform == "darwin":
 else:
     compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
 
+libraries = [] if sys.platform == "win32" else ["m"]  # expf, sqrtf
+
 setup(ext_modules=[Extension("gptui.core._cpu_kernels", ["core/cpu_kernels.c"], extra_compile_args=compile_args,
-                             extra_link_args=link_args, optional=True)])
+                             extra_link_args=link_args, libraries=libraries, optional=True)])

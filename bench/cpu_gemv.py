@@ -1,14 +1,15 @@
-"""Batch-1 matrix-vector products on the CPU: our C kernel against oneDNN and MKL, and the decode step both ways.
+"""Batch-1 matrix-vector products on the CPU: our C kernel against oneDNN and MKL, and the decode step three ways.
 
     python bench/cpu_gemv.py                   # GPT-2 124M's shapes, 2 threads
-    python bench/cpu_gemv.py --preset small --rounds 9
+    python bench/cpu_gemv.py --preset small --rounds 9   # the step for the small preset
 
 Part 1: GB/s streamed through each GPT-2 matrix shape (24 distinct copies each, so they come from
 memory, not cache) by core.cpu_kernels.gemv, oneDNN on its prepacked layout (the torch-fp32 path
 without the C kernel) and MKL's addmm on (in, out) weights; a plain sum over 400 MB gives the
-memory's rate at that moment. Part 2: the torch-fp32 decode step (ms/token, position 512-560)
-with CpuLinear on the C kernel and on oneDNN, the two backends taking turns. This shared machine's
-memory rate moves a lot from minute to minute, so only rows of one run compare.
+memory's rate at that moment. Part 2: the torch-fp32 decode step (ms/token, position 512-560) as
+shipped (C products and C attention), with PyTorch's SDPA for the attention, and with neither C
+kernel (oneDNN and SDPA, what an install without a compiler runs), the three taking turns. This
+shared machine's memory rate moves a lot from minute to minute, so only rows of one run compare.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ def step_table(preset_name: str, rounds: int) -> list[str]:
         folder = Path(tmp) / preset_name
         torch.manual_seed(0)
         save_checkpoint(folder, GPT(preset(preset_name)), "gpt2-code")
-        ours, onednn = load_backend("torch-fp32", folder), load_backend("torch-fp32", folder)
-    for m in onednn.model.modules():
+        variants = {name: load_backend("torch-fp32", folder) for name in ("ours", "sdpa", "onednn")}
+    for block in variants["sdpa"].model.transformer.h:  # the C products, PyTorch's attention
+        block.attn.cpu_decode = False
+    for m in variants["onednn"].model.modules():
         if isinstance(m, CpuLinear):  # what CpuLinear does when the C kernel is not built
             m.gemv, m.packed = False, torch.ops.mkldnn._reorder_linear_weight(m.weight.clone(), 1)
+    for block in variants["onednn"].model.transformer.h:
+        block.attn.cpu_decode = False
     prompt = list(range(1000, 1512))
 
     def step_ms(backend, tokens: int = 48) -> float:
@@ -78,13 +83,15 @@ def step_table(preset_name: str, rounds: int) -> list[str]:
             backend.decode(100 + i)
         return (time.perf_counter() - start) / tokens * 1000
 
-    times = {"ours": [], "onednn": []}
+    times = {name: [] for name in variants}
     for _ in range(rounds):
-        times["ours"].append(step_ms(ours))
-        times["onednn"].append(step_ms(onednn))
-    a, b = statistics.median(times["ours"]), statistics.median(times["onednn"])
-    return [f"\ndecode step, {preset_name}, median of {rounds} turns: C kernel {a:.2f} ms, oneDNN packed {b:.2f} ms "
-            f"= {b / a:.2f}x"]
+        for name, backend in variants.items():
+            times[name].append(step_ms(backend))
+    ours, sdpa, onednn = (statistics.median(times[name]) for name in variants)
+    return [f"\ndecode step, {preset_name}, position 512-560, median of {rounds} turns:",
+            f"  C products + C attention (torch-fp32)  {ours:.2f} ms",
+            f"  C products + SDPA                      {sdpa:.2f} ms  ({sdpa / ours:.2f}x ours)",
+            f"  oneDNN packed + SDPA (no C kernels)    {onednn:.2f} ms  ({onednn / ours:.2f}x ours)"]
 
 
 def main() -> None:

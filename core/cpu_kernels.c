@@ -17,6 +17,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -27,11 +29,20 @@
 #define GPTUI_X86 1
 #endif
 
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define INLINE static __forceinline
+#define restrict __restrict
+#else
+#define INLINE static inline
+#endif
+
 #define STREAMS 4
 
 /* rows_*(w, x, y, count, stride, k): y[s * stride] = W[s * stride] . x for s < count, the rows
  * walked together. count is STREAMS or 1; always inlined so the loops over s unroll. */
-#define ROWS_FN(name) static inline __attribute__((always_inline)) void name( \
+#define ROWS_FN(name) INLINE void name( \
     const float *w, const float *x, float *y, const int count, long stride, long k)
 
 ROWS_FN(rows_portable) {
@@ -112,32 +123,89 @@ BAND_FN(__attribute__((target("avx512f"))), band_avx512, rows_avx512)
 BAND_FN(__attribute__((target("avx2,fma"))), band_avx2, rows_avx2)
 #endif
 
-/* The kernel for `want` ("avx512", "avx2", "portable"), or the best this CPU runs when want is NULL
- * or names one it lacks. */
-static band_fn pick_band(const char *want, const char **name) {
-#ifdef GPTUI_X86
-    __builtin_cpu_init();
-    int avx512 = __builtin_cpu_supports("avx512f");
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    int any = want == NULL;
-    if (avx512 && (any || strcmp(want, "avx512") == 0)) {
-        *name = "avx512";
-        return band_avx512;
+/* One head's attention for one query over the cached positions 0..n-1: scores K q through the
+ * band kernel, softmax, then V summed as STREAMS parts of the positions walked together (each
+ * part with its own accumulator row in acc, STREAMS x hs), as the band walks the weights. Plain C
+ * loops: the ISA wrappers below compile them for their target. p holds n floats. */
+INLINE void attend_head(
+    band_fn scores, const float *restrict q, const float *restrict k, const float *restrict v, float *restrict y,
+    float *restrict p, float *restrict acc, long n, long hs) {
+    float scale = 1.0f / sqrtf((float)hs), top = -INFINITY, total = 0.0f;
+    long part = n / STREAMS, t, i, d;
+    int s;
+    scores(k, q, p, n, hs);
+    for (t = 0; t < n; t++)
+        top = p[t] > top ? p[t] : top;
+    for (t = 0; t < n; t++) {
+        p[t] = expf((p[t] - top) * scale);
+        total += p[t];
     }
-    if (avx2 && (any || strcmp(want, "avx2") == 0)) {
-        *name = "avx2";
-        return band_avx2;
+    for (d = 0; d < STREAMS * hs; d++)
+        acc[d] = 0.0f;
+    for (i = 0; i < part; i++)
+        for (s = 0; s < STREAMS; s++) {
+            const float *row = v + (s * part + i) * hs;
+            float weight = p[s * part + i], *a = acc + s * hs;
+            for (d = 0; d < hs; d++)
+                a[d] += weight * row[d];
+        }
+    for (t = STREAMS * part; t < n; t++)
+        for (d = 0; d < hs; d++)
+            acc[d] += p[t] * v[t * hs + d];
+    for (d = 0; d < hs; d++) {
+        float sum = 0.0f;
+        for (s = 0; s < STREAMS; s++)
+            sum += acc[s * hs + d];
+        y[d] = sum / total;
     }
-    if (!any && strcmp(want, "portable") != 0)
-        return pick_band(NULL, name);
-#endif
-    (void)want;
-    *name = "portable";
-    return band_portable;
 }
 
-static band_fn band = NULL;
-static const char *isa = "";
+typedef void (*head_fn)(const float *q, const float *k, const float *v, float *y, float *p, float *acc, long n, long hs);
+
+#define HEAD_FN(target, name, band_name)                                                                    \
+    target static void name(const float *q, const float *k, const float *v, float *y, float *p, float *acc, \
+                            long n, long hs) {                                                              \
+        attend_head(band_name, q, k, v, y, p, acc, n, hs);                                                  \
+    }
+
+HEAD_FN(, head_portable, band_portable)
+#ifdef GPTUI_X86
+HEAD_FN(__attribute__((target("avx512f"))), head_avx512, band_avx512)
+HEAD_FN(__attribute__((target("avx2,fma"))), head_avx2, band_avx2)
+#endif
+
+struct kernels {
+    const char *name;
+    band_fn band;
+    head_fn head;
+};
+
+static const struct kernels portable = {"portable", band_portable, head_portable};
+#ifdef GPTUI_X86
+static const struct kernels avx512 = {"avx512", band_avx512, head_avx512};
+static const struct kernels avx2 = {"avx2", band_avx2, head_avx2};
+#endif
+
+/* The kernels for `want` ("avx512", "avx2", "portable"), or the best this CPU runs when want is NULL
+ * or names one it lacks. */
+static const struct kernels *pick(const char *want) {
+#ifdef GPTUI_X86
+    __builtin_cpu_init();
+    int has_avx512 = __builtin_cpu_supports("avx512f");
+    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int any = want == NULL;
+    if (has_avx512 && (any || strcmp(want, "avx512") == 0))
+        return &avx512;
+    if (has_avx2 && (any || strcmp(want, "avx2") == 0))
+        return &avx2;
+    if (!any && strcmp(want, "portable") != 0)
+        return pick(NULL);
+#endif
+    (void)want;
+    return &portable;
+}
+
+static const struct kernels *use = NULL;
 
 static void gemv_rows(const float *w, const float *x, const float *b, float *y, long n, long k, int threads) {
 #ifdef _OPENMP
@@ -151,7 +219,7 @@ static void gemv_rows(const float *w, const float *x, const float *b, float *y, 
 #endif
         lo = n * t / count;
         hi = n * (t + 1) / count;
-        band(w + lo * k, x, y + lo, hi - lo, k);
+        use->band(w + lo * k, x, y + lo, hi - lo, k);
         if (b)
             for (r = lo; r < hi; r++)
                 y[r] += b[r];
@@ -176,20 +244,72 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Attention of one new token at position pos (batch 1): qkv holds q, k, v (3 x nh x hs) as c_attn
+ * wrote them; k and v go into the cache kv (2, nh, max_len, hs) at pos, then every head attends
+ * over positions 0..pos. Heads are shared out over the threads. Returns 0, or -1 out of memory. */
+static int attend_rows(const float *qkv, float *kv, float *y, long nh, long hs, long max_len, long pos, int threads) {
+    long c = nh * hs, n = pos + 1;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && nh > 1)
+#endif
+    {
+        float *scratch = malloc((size_t)(n + STREAMS * hs) * sizeof(float));
+        long h;
+        if (scratch == NULL)
+            failed = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (h = 0; h < nh; h++) {
+            float *k = kv + h * max_len * hs, *v = kv + (nh + h) * max_len * hs;
+            memcpy(k + pos * hs, qkv + c + h * hs, (size_t)hs * sizeof(float));
+            memcpy(v + pos * hs, qkv + 2 * c + h * hs, (size_t)hs * sizeof(float));
+            if (scratch != NULL)
+                use->head(qkv + h * hs, k, v, y + h * hs, scratch, scratch + n, n, hs);
+        }
+        free(scratch);
+    }
+    (void)threads;
+    return failed ? -1 : 0;
+}
+
+static PyObject *attend(PyObject *self, PyObject *args) {
+    unsigned long long qkv, kv, y;
+    long nh, hs, max_len, pos;
+    int threads, status;
+    if (!PyArg_ParseTuple(args, "KKKlllli:attend", &qkv, &kv, &y, &nh, &hs, &max_len, &pos, &threads))
+        return NULL;
+    if (!qkv || !kv || !y || nh < 1 || hs < 1 || pos < 0 || pos >= max_len) {
+        PyErr_SetString(PyExc_ValueError, "attend: null pointer, empty head or position outside the cache");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    status = attend_rows((const float *)(uintptr_t)qkv, (float *)(uintptr_t)kv, (float *)(uintptr_t)y, nh, hs,
+                         max_len, pos, threads < 1 ? 1 : threads);
+    Py_END_ALLOW_THREADS
+    if (status != 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *select_isa(PyObject *self, PyObject *args) {
     const char *want;
     if (!PyArg_ParseTuple(args, "s:select", &want))
         return NULL;
-    band = pick_band(want, &isa);
-    return PyUnicode_FromString(isa);
+    use = pick(want);
+    return PyUnicode_FromString(use->name);
 }
 
-static PyObject *current_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(isa); }
+static PyObject *current_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(use->name); }
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS,
      "gemv(w, x, b, y, n, k, threads): y = W x + b from raw float32 addresses (b may be 0). Unchecked: "
      "use gptui.core.cpu_kernels."},
+    {"attend", attend, METH_VARARGS,
+     "attend(qkv, kv, y, n_head, head_dim, max_len, pos, threads): one token's attention from raw float32 "
+     "addresses, its k and v written into the cache at pos. Unchecked: use gptui.core.cpu_kernels."},
     {"select", select_isa, METH_VARARGS,
      "select(name): use the avx512, avx2 or portable kernel (the best one if this CPU lacks it); returns the one used."},
     {"isa", current_isa, METH_NOARGS, "isa(): the kernel in use."},
@@ -199,7 +319,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_kernels", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) {
-    band = pick_band(NULL, &isa);
+    use = pick(NULL);
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

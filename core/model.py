@@ -2,8 +2,8 @@
 
 Parameter names follow Hugging Face's GPT2LMHeadModel (transformer.h.0.attn.c_attn, ...), so
 weights map 1:1 (HF stores the Conv1D weights transposed; the converters transpose them).
-This file imports torch only (Triton, for training on a GPU, through bias_gelu): no tokenizer,
-no files, no printing.
+This file imports torch only (Triton, for training on a GPU, through bias_gelu; our optional C
+kernels, for the CPU decode step, through cpu_kernels): no tokenizer, no files, no printing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpu_kernels
 from .backends.fused_linear import available
 from .bias_gelu import bias_gelu
 from .config import GPTConfig
@@ -56,9 +57,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
+        self.cpu_decode = False  # set by the torch-fp32 backend where core/cpu_kernels.c is built
 
     def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
         B, T, C = x.shape
+        if self.cpu_decode and B == T == 1 and pos is not None and self.kv_cache is not None:
+            return self.c_proj(cpu_kernels.attend(self.c_attn(x), self.kv_cache.kv, pos))
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)

@@ -51,6 +51,13 @@ def test_torch_fp32_multiplies_through_cpu_linears_sharing_the_tied_embedding(ex
     assert backend.nbytes == 4 * backend.model.config.num_params()
 
 
+@pytest.mark.parametrize("name", ("torch-fp32", "torch-int8"))
+def test_torch_backends_attend_in_c_where_the_kernel_is_built(name, exported_dir):
+    """Their decode steps send attention through core/cpu_kernels.c (the fp32 tests above check its logits)."""
+    backend = load_backend(name, exported_dir)
+    assert all(block.attn.cpu_decode == cpu_kernels.available() for block in backend.model.transformer.h)
+
+
 @pytest.mark.parametrize("name", FP32 + INT8)
 def test_logits_all_agrees_with_prefill(name, exported_dir):
     backend = load_backend(name, exported_dir)

@@ -1,4 +1,4 @@
-"""The C matrix-vector kernel behind torch-fp32's decode step: every instruction-set path, every tail."""
+"""The C kernels behind torch-fp32's decode step (matrix-vector, attention): every instruction-set path, every tail."""
 
 from __future__ import annotations
 
@@ -70,6 +70,37 @@ def test_gemv_refuses_what_it_cannot_multiply():
         cpu_kernels.select("sse9")
 
 
+@needs_kernel
+@pytest.mark.parametrize("isa", cpu_kernels.ISAS, indirect=True)
+@pytest.mark.parametrize("n_head,head_dim,max_len,pos", [(1, 16, 8, 0), (2, 16, 64, 3), (3, 13, 40, 6),
+                                                          (12, 64, 1024, 517), (6, 64, 100, 99)])
+def test_attend_writes_the_cache_and_equals_sdpa_on_every_path(isa, n_head, head_dim, max_len, pos):
+    g = torch.Generator().manual_seed(pos * 100 + head_dim)
+    kv, qkv = torch.randn(2, 1, n_head, max_len, head_dim, generator=g), torch.randn(1, 1, 3 * n_head * head_dim, generator=g)
+    expected_kv = kv.clone()
+    q, k, v = qkv.view(3, n_head, head_dim)
+    expected_kv[0, 0, :, pos], expected_kv[1, 0, :, pos] = k, v
+    keys, values = expected_kv[0, 0, :, : pos + 1], expected_kv[1, 0, :, : pos + 1]
+    expected = torch.nn.functional.scaled_dot_product_attention(q[:, None], keys, values).reshape(1, 1, -1)
+    got = cpu_kernels.attend(qkv, kv, pos)
+    assert torch.equal(kv, expected_kv)  # its row written, nothing else touched
+    assert got.shape == (1, 1, n_head * head_dim)
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+@needs_kernel
+def test_attend_refuses_what_it_cannot_attend():
+    kv, qkv = torch.zeros(2, 1, 2, 8, 4), torch.zeros(24)
+    with pytest.raises(ValueError, match="outside the cache of 8"):
+        cpu_kernels.attend(qkv, kv, 8)
+    with pytest.raises(ValueError, match="one float32 CPU token of 24"):
+        cpu_kernels.attend(torch.zeros(25), kv, 0)
+    with pytest.raises(ValueError, match="contiguous float32 CPU cache"):
+        cpu_kernels.attend(qkv, kv.transpose(3, 4), 0)
+    with pytest.raises(ValueError, match="contiguous float32 CPU cache"):
+        cpu_kernels.attend(qkv, torch.zeros(2, 2, 2, 8, 4), 0)  # batch 2
+
+
 def test_cpu_linear_gives_nn_linear_for_one_row_and_many():
     torch.manual_seed(0)
     reference = torch.nn.Linear(96, 50)
@@ -81,7 +112,7 @@ def test_cpu_linear_gives_nn_linear_for_one_row_and_many():
 
 
 def test_without_the_kernel_the_backend_decodes_the_same_through_onednn(tiny_model_dir, monkeypatch):
-    """An install with no C compiler: torch-fp32 falls back to oneDNN's packed weights, same logits."""
+    """An install with no C compiler: torch-fp32 falls back to oneDNN's packed weights and SDPA, same logits."""
     from gptui.core.backends import load_backend
 
     ids = list(range(100, 120))
@@ -93,4 +124,5 @@ def test_without_the_kernel_the_backend_decodes_the_same_through_onednn(tiny_mod
     monkeypatch.setattr(cpu_kernels, "_c", None)
     fallback = load_backend("torch-fp32", tiny_model_dir)
     assert not fallback.model.lm_head.gemv
+    assert not any(block.attn.cpu_decode for block in fallback.model.transformer.h)
     assert (logits(fallback) - fast).abs().max().item() < 1e-4

@@ -45,6 +45,13 @@ class CpuLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+def use_c_attention(model: GPT) -> GPT:
+    """Send each one-token decode step's attention through the C kernel, where it is built (CPU only)."""
+    for block in model.transformer.h:
+        block.attn.cpu_decode = cpu_kernels.available()
+    return model
+
+
 def to_cpu_linears(model: GPT) -> GPT:
     """Swap every nn.Linear, the tied output head included, for a CpuLinear (inference only).
 
@@ -73,7 +80,7 @@ class TorchBackend(Backend):
     @classmethod
     def load(cls, folder, name: str = "torch-fp32", **_) -> "TorchBackend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
-        return cls(to_cpu_linears(model), name=name)
+        return cls(use_c_attention(to_cpu_linears(model)), name=name)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:

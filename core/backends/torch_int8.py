@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
-from .torch_backend import TorchBackend
+from .torch_backend import TorchBackend, use_c_attention
 
 
 class Int8Embedding(nn.Module):
@@ -78,7 +78,7 @@ class TorchInt8Backend(TorchBackend):
     @classmethod
     def load(cls, folder, name: str = "torch-int8", **_) -> "TorchInt8Backend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
-        return cls(quantize_int8(model), name=name)
+        return cls(use_c_attention(quantize_int8(model)), name=name)
 
     @property
     def nbytes(self) -> int:
