@@ -49,6 +49,23 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return y
 
 
+def _check_cache(kv: torch.Tensor, pos: int) -> tuple[int, int, int]:
+    """(n_head, max_len, head_dim) of a layer's cache, which must suit the kernels, with pos inside it."""
+    if kv.dim() != 5 or kv.shape[:2] != (2, 1) or kv.dtype != torch.float32 or not kv.is_contiguous() \
+            or kv.device.type != "cpu":
+        raise ValueError(f"the C kernels need a contiguous float32 CPU cache (2, 1, heads, length, head_dim), "
+                         f"got {kv.dtype} {tuple(kv.shape)} on {kv.device}")
+    _, _, n_head, max_len, head_dim = kv.shape
+    if not 0 <= pos < max_len:
+        raise ValueError(f"position {pos} is outside the cache of {max_len}")
+    return n_head, max_len, head_dim
+
+
+def _check_row(x: torch.Tensor, size: int) -> None:
+    if x.numel() != size or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"the C kernels need one float32 CPU token of {size} values, got {x.dtype} {tuple(x.shape)}")
+
+
 def attend(qkv: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
     """One new token's attention: its k and v go into the cache at pos, then its q attends over 0..pos.
 
@@ -56,17 +73,53 @@ def attend(qkv: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
     the layer's contiguous float32 cache (2, 1, n_head, max_len, head_dim). Returns (..., C), the
     heads side by side, as the attention's output projection takes them.
     """
-    if kv.dim() != 5 or kv.shape[:2] != (2, 1) or kv.dtype != torch.float32 or not kv.is_contiguous() \
-            or kv.device.type != "cpu":
-        raise ValueError(f"attend needs a contiguous float32 CPU cache (2, 1, heads, length, head_dim), "
-                         f"got {kv.dtype} {tuple(kv.shape)} on {kv.device}")
-    _, _, n_head, max_len, head_dim = kv.shape
+    n_head, max_len, head_dim = _check_cache(kv, pos)
     c = n_head * head_dim
-    if qkv.numel() != 3 * c or qkv.dtype != torch.float32 or qkv.device.type != "cpu":
-        raise ValueError(f"attend needs one float32 CPU token of {3 * c} values, got {qkv.dtype} {tuple(qkv.shape)}")
-    if not 0 <= pos < max_len:
-        raise ValueError(f"position {pos} is outside the cache of {max_len}")
+    _check_row(qkv, 3 * c)
     qkv = qkv.contiguous()
     y = torch.empty(*qkv.shape[:-1], c)
     _c.attend(qkv.data_ptr(), kv.data_ptr(), y.data_ptr(), n_head, head_dim, max_len, pos, torch.get_num_threads())
     return y
+
+
+class DecodeBlock:
+    """One GPT-2 block's float32 weights, checked once, that carry one token through the block in C.
+
+    Built from the block's modules (anything with .weight and .bias: nn.Linear, CpuLinear,
+    nn.LayerNorm): ln_1 -> c_attn -> attention -> c_proj (+ residual) -> ln_2 -> c_fc -> GELU
+    -> mlp_proj (+ residual), one call instead of a dozen PyTorch ops, each a few microseconds of
+    dispatch on a step that the weights' memory traffic alone makes a few milliseconds long.
+    It keeps the tensors, so their addresses stay valid while it lives; weights replaced after it
+    is built are not seen (the backend builds it once, after loading).
+    """
+
+    def __init__(self, ln_1, c_attn, c_proj, ln_2, c_fc, mlp_proj):
+        if ln_1.eps != ln_2.eps:
+            raise ValueError(f"the block's two layer norms differ in eps ({ln_1.eps}, {ln_2.eps})")
+        c = c_proj.weight.shape[0]
+        shapes = [(ln_1, (c,)), (c_attn, (3 * c, c)), (c_proj, (c, c)), (ln_2, (c,)), (c_fc, (4 * c, c)),
+                  (mlp_proj, (c, 4 * c))]
+        self.tensors = []
+        for module, shape in shapes:
+            for t, want in ((module.weight, shape), (module.bias, shape[:1])):
+                if t is not None and (tuple(t.shape) != want or t.dtype != torch.float32 or not t.is_contiguous()
+                                      or t.device.type != "cpu"):
+                    raise ValueError(f"the C block needs contiguous float32 CPU weights of {want}, "
+                                     f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+                self.tensors.append(t)
+        if any(self.tensors[i] is None for i in (2, 4, 8, 10)):  # c_attn, c_proj, c_fc, mlp_proj
+            raise ValueError("the C block needs every weight matrix")
+        self.addresses = tuple(0 if t is None else t.data_ptr() for t in self.tensors)
+        self.c, self.eps = c, float(ln_1.eps)
+        self.scratch = torch.empty(9 * c)
+
+    def __call__(self, x: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
+        """x (..., C) after the block, for one token at pos; its k and v go into the cache kv at pos."""
+        n_head, max_len, head_dim = _check_cache(kv, pos)
+        if n_head * head_dim != self.c:
+            raise ValueError(f"a cache of {n_head} x {head_dim} does not fit a block of width {self.c}")
+        _check_row(x, self.c)
+        y = x.clone(memory_format=torch.contiguous_format)
+        _c.block(self.addresses, y.data_ptr(), kv.data_ptr(), self.scratch.data_ptr(), self.c, n_head, max_len,
+                 self.eps, pos, torch.get_num_threads())
+        return y

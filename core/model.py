@@ -57,7 +57,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
-        self.cpu_decode = False  # set by the torch-fp32 backend where core/cpu_kernels.c is built
+        self.cpu_decode = False  # set by the torch-int8 backend where core/cpu_kernels.c is built
 
     def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -107,8 +107,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        self.cpu_step: cpu_kernels.DecodeBlock | None = None  # set by the torch-fp32 backend (CPU, C kernels built)
 
     def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
+        if self.cpu_step is not None and x.shape[:2] == (1, 1) and pos is not None and self.attn.kv_cache is not None:
+            return self.cpu_step(x, self.attn.kv_cache.kv, pos)  # the whole block in one C call
         x = x + self.attn(self.ln_1(x), pos)
         return x + self.mlp(self.ln_2(x))
 

@@ -51,11 +51,13 @@ def test_torch_fp32_multiplies_through_cpu_linears_sharing_the_tied_embedding(ex
     assert backend.nbytes == 4 * backend.model.config.num_params()
 
 
-@pytest.mark.parametrize("name", ("torch-fp32", "torch-int8"))
-def test_torch_backends_attend_in_c_where_the_kernel_is_built(name, exported_dir):
-    """Their decode steps send attention through core/cpu_kernels.c (the fp32 tests above check its logits)."""
-    backend = load_backend(name, exported_dir)
-    assert all(block.attn.cpu_decode == cpu_kernels.available() for block in backend.model.transformer.h)
+def test_torch_backends_decode_in_c_where_the_kernel_is_built(exported_dir):
+    """torch-fp32 carries a one-token step through each block in one C call; torch-int8, whose products
+    are PyTorch's, sends only the attention there (the tests above check both backends' logits)."""
+    blocks = load_backend("torch-fp32", exported_dir).model.transformer.h
+    assert all((block.cpu_step is not None) == cpu_kernels.available() for block in blocks)
+    blocks = load_backend("torch-int8", exported_dir).model.transformer.h
+    assert all(block.attn.cpu_decode == cpu_kernels.available() and block.cpu_step is None for block in blocks)
 
 
 @pytest.mark.parametrize("name", FP32 + INT8)

@@ -1,4 +1,4 @@
-"""The C kernels behind torch-fp32's decode step (matrix-vector, attention): every instruction-set path, every tail."""
+"""The C kernels behind torch-fp32's decode step (matrix-vector, attention, whole blocks): every instruction-set path, every tail."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from gptui.core import cpu_kernels
 from gptui.core.backends.torch_backend import CpuLinear
+from gptui.core.config import GPTConfig
+from gptui.core.model import Block, KVCache
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="the C kernel was not built (no compiler)")
 
@@ -101,6 +103,82 @@ def test_attend_refuses_what_it_cannot_attend():
         cpu_kernels.attend(qkv, torch.zeros(2, 2, 2, 8, 4), 0)  # batch 2
 
 
+def random_block(n_embd: int, n_head: int, max_len: int, bias: bool, seed: int) -> Block:
+    """A block whose every weight, norms included, is random (an identity norm would hide a dropped scale),
+    with an eps large enough to matter (GPT-2's 1e-5 is lost in the tolerance)."""
+    torch.manual_seed(seed)
+    block = Block(GPTConfig(block_size=max_len, n_layer=1, n_head=n_head, n_embd=n_embd, bias=bias)).eval()
+    block.ln_1.eps = block.ln_2.eps = 0.25
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 2 else 1.0))
+    block.attn.kv_cache = KVCache(1, n_head, max_len, n_embd // n_head)
+    block.attn.kv_cache.kv.normal_()
+    return block
+
+
+def c_step(block: Block) -> cpu_kernels.DecodeBlock:
+    return cpu_kernels.DecodeBlock(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc,
+                                   block.mlp.c_proj)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", cpu_kernels.ISAS, indirect=True)
+@pytest.mark.parametrize("n_embd,n_head,max_len,pos", [(32, 2, 8, 0), (39, 3, 40, 17), (64, 4, 64, 63),
+                                                       (96, 6, 128, 100)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_block_in_c_equals_the_pytorch_block_on_every_path(isa, n_embd, n_head, max_len, pos, bias):
+    """Norms, products, attention, GELU and both residual adds, and the cache row it writes."""
+    block = random_block(n_embd, n_head, max_len, bias, seed=pos + n_embd)
+    x = torch.randn(1, 1, n_embd)
+    cache = block.attn.kv_cache.kv
+    before = cache.clone()
+    with torch.no_grad():
+        expected = block(x, pos)
+        expected_cache, cache[:] = cache.clone(), before
+        block.cpu_step = c_step(block)
+        got = block(x, pos)
+    assert got.shape == x.shape and not torch.equal(x, got)
+    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+    assert (cache - expected_cache).abs().max().item() < 1e-5 * max(1.0, expected_cache.abs().max().item())
+    assert torch.equal(cache[:, :, :, :pos], before[:, :, :, :pos])  # only row pos is written
+
+
+@needs_kernel
+def test_a_block_in_c_does_not_depend_on_the_thread_count():
+    block = random_block(96, 6, 64, True, seed=1)
+    step, x, cache = c_step(block), torch.randn(1, 1, 96), block.attn.kv_cache.kv
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = step(x, cache, 40)
+        torch.set_num_threads(2)
+        two = step(x, cache, 40)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@needs_kernel
+def test_a_block_in_c_refuses_weights_and_caches_it_cannot_use():
+    block = random_block(32, 2, 8, True, seed=0)
+    cache = block.attn.kv_cache.kv
+    step = c_step(block)
+    with pytest.raises(ValueError, match="outside the cache of 8"):
+        step(torch.zeros(32), cache, 8)
+    with pytest.raises(ValueError, match="one float32 CPU token of 32"):
+        step(torch.zeros(2, 32), cache, 0)
+    with pytest.raises(ValueError, match="does not fit a block of width 32"):
+        step(torch.zeros(32), torch.zeros(2, 1, 4, 8, 4), 0)
+    block.ln_2.eps = 1e-6
+    with pytest.raises(ValueError, match="differ in eps"):
+        c_step(block)
+    block.ln_2.eps = block.ln_1.eps
+    block.mlp.c_fc.weight.data = block.mlp.c_fc.weight.data.double()
+    with pytest.raises(ValueError, match=r"contiguous float32 CPU weights of \(128, 32\)"):
+        c_step(block)
+
+
 def test_cpu_linear_gives_nn_linear_for_one_row_and_many():
     torch.manual_seed(0)
     reference = torch.nn.Linear(96, 50)
@@ -124,5 +202,5 @@ def test_without_the_kernel_the_backend_decodes_the_same_through_onednn(tiny_mod
     monkeypatch.setattr(cpu_kernels, "_c", None)
     fallback = load_backend("torch-fp32", tiny_model_dir)
     assert not fallback.model.lm_head.gemv
-    assert not any(block.attn.cpu_decode for block in fallback.model.transformer.h)
+    assert not any(block.attn.cpu_decode or block.cpu_step for block in fallback.model.transformer.h)
     assert (logits(fallback) - fast).abs().max().item() < 1e-4

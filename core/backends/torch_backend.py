@@ -52,6 +52,18 @@ def use_c_attention(model: GPT) -> GPT:
     return model
 
 
+def use_c_blocks(model: GPT) -> GPT:
+    """Carry each one-token decode step through every block in one C call each, where the kernel is built.
+
+    Needs float32 CPU weights (the torch-fp32 backend's); prefill keeps the PyTorch path.
+    """
+    if cpu_kernels.available():
+        for block in model.transformer.h:
+            block.cpu_step = cpu_kernels.DecodeBlock(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2,
+                                                     block.mlp.c_fc, block.mlp.c_proj)
+    return model
+
+
 def to_cpu_linears(model: GPT) -> GPT:
     """Swap every nn.Linear, the tied output head included, for a CpuLinear (inference only).
 
@@ -80,7 +92,7 @@ class TorchBackend(Backend):
     @classmethod
     def load(cls, folder, name: str = "torch-fp32", **_) -> "TorchBackend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
-        return cls(use_c_attention(to_cpu_linears(model)), name=name)
+        return cls(use_c_blocks(to_cpu_linears(model)), name=name)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:
