@@ -9,8 +9,8 @@ without the C kernel) and MKL's addmm on (in, out) weights; a plain sum over 400
 memory's rate at that moment. Part 2: the torch-fp32 decode step (ms/token, position 512-560) as
 shipped (each block one C call), block by block in PyTorch with the C products and C attention,
 with PyTorch's SDPA for the attention, and with no C kernel (oneDNN and SDPA, what an install
-without a compiler runs), the four taking turns. This
-shared machine's memory rate moves a lot from minute to minute, so only rows of one run compare.
+without a compiler runs), the four taking turns. This shared machine's memory rate moves a lot
+from minute to minute, so only rows of one run compare.
 """
 
 from __future__ import annotations

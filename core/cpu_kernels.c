@@ -13,8 +13,8 @@
  *
  * The same file holds the rest of a decode step: one token's attention over the cache, and a whole
  * GPT-2 block (norms, products, attention, GELU, residual adds) in one call, which spares the
- * dozen PyTorch dispatches a block costs in Python (1.4x on the `small` model's step, 1.25x on
- * GPT-2's, EPYC; bench/cpu_gemv.py).
+ * two dozen module calls and PyTorch ops a block costs from Python (GPT-2's step 1.13x faster on
+ * both CPUs measured, the `small` preset's 1.08-1.17x; bench/cpu_gemv.py, bench/NOTES.md).
  *
  * Built by setup.py as gptui.core._cpu_kernels (optional: without a compiler the backend keeps
  * oneDNN). Threads come from OpenMP; the caller passes the count (torch.get_num_threads()), and

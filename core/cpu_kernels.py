@@ -40,8 +40,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     once); x is made contiguous here.
     """
     n, k = weight.shape
-    if x.numel() != k or x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError(f"gemv needs one float32 CPU row of {k} values, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    _check_row(x, k, "row")
     x = x.contiguous()
     y = torch.empty(*x.shape[:-1], n)
     _c.gemv(weight.data_ptr(), x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), n, k,
@@ -49,21 +48,25 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return y
 
 
-def _check_cache(kv: torch.Tensor, pos: int) -> tuple[int, int, int]:
-    """(n_head, max_len, head_dim) of a layer's cache, which must suit the kernels, with pos inside it."""
+def _check_cache(kv: torch.Tensor) -> tuple[int, int, int]:
+    """(n_head, max_len, head_dim) of a layer's cache, which must suit the kernels."""
     if kv.dim() != 5 or kv.shape[:2] != (2, 1) or kv.dtype != torch.float32 or not kv.is_contiguous() \
             or kv.device.type != "cpu":
         raise ValueError(f"the C kernels need a contiguous float32 CPU cache (2, 1, heads, length, head_dim), "
                          f"got {kv.dtype} {tuple(kv.shape)} on {kv.device}")
     _, _, n_head, max_len, head_dim = kv.shape
-    if not 0 <= pos < max_len:
-        raise ValueError(f"position {pos} is outside the cache of {max_len}")
     return n_head, max_len, head_dim
 
 
-def _check_row(x: torch.Tensor, size: int) -> None:
+def _check_position(pos: int, max_len: int) -> None:
+    if not 0 <= pos < max_len:
+        raise ValueError(f"position {pos} is outside the cache of {max_len}")
+
+
+def _check_row(x: torch.Tensor, size: int, what: str = "token") -> None:
     if x.numel() != size or x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError(f"the C kernels need one float32 CPU token of {size} values, got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"the C kernels need one float32 CPU {what} of {size} values, "
+                         f"got {x.dtype} {tuple(x.shape)} on {x.device}")
 
 
 def attend(qkv: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
@@ -73,7 +76,8 @@ def attend(qkv: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
     the layer's contiguous float32 cache (2, 1, n_head, max_len, head_dim). Returns (..., C), the
     heads side by side, as the attention's output projection takes them.
     """
-    n_head, max_len, head_dim = _check_cache(kv, pos)
+    n_head, max_len, head_dim = _check_cache(kv)
+    _check_position(pos, max_len)
     c = n_head * head_dim
     _check_row(qkv, 3 * c)
     qkv = qkv.contiguous()
@@ -87,8 +91,8 @@ class DecodeBlock:
 
     Built from the block's modules (anything with .weight and .bias: nn.Linear, CpuLinear,
     nn.LayerNorm): ln_1 -> c_attn -> attention -> c_proj (+ residual) -> ln_2 -> c_fc -> GELU
-    -> mlp_proj (+ residual), one call instead of a dozen PyTorch ops, each a few microseconds of
-    dispatch on a step that the weights' memory traffic alone makes a few milliseconds long.
+    -> mlp_proj (+ residual), one call instead of two dozen module calls and PyTorch ops, each
+    some microseconds of dispatch on a step that the weights' traffic makes a few ms long.
     It keeps the tensors, so their addresses stay valid while it lives; weights replaced after it
     is built are not seen (the backend builds it once, after loading).
     """
@@ -102,22 +106,28 @@ class DecodeBlock:
         self.tensors = []
         for module, shape in shapes:
             for t, want in ((module.weight, shape), (module.bias, shape[:1])):
+                if t is None and len(want) == 2:
+                    raise ValueError("the C block needs every weight matrix")
                 if t is not None and (tuple(t.shape) != want or t.dtype != torch.float32 or not t.is_contiguous()
                                       or t.device.type != "cpu"):
                     raise ValueError(f"the C block needs contiguous float32 CPU weights of {want}, "
                                      f"got {t.dtype} {tuple(t.shape)} on {t.device}")
                 self.tensors.append(t)
-        if any(self.tensors[i] is None for i in (2, 4, 8, 10)):  # c_attn, c_proj, c_fc, mlp_proj
-            raise ValueError("the C block needs every weight matrix")
         self.addresses = tuple(0 if t is None else t.data_ptr() for t in self.tensors)
         self.c, self.eps = c, float(ln_1.eps)
         self.scratch = torch.empty(9 * c)
+        self.cache: torch.Tensor | None = None  # the last cache checked, and its (n_head, max_len)
+        self.layout = (0, 0)
 
     def __call__(self, x: torch.Tensor, kv: torch.Tensor, pos: int) -> torch.Tensor:
         """x (..., C) after the block, for one token at pos; its k and v go into the cache kv at pos."""
-        n_head, max_len, head_dim = _check_cache(kv, pos)
-        if n_head * head_dim != self.c:
-            raise ValueError(f"a cache of {n_head} x {head_dim} does not fit a block of width {self.c}")
+        if kv is not self.cache:  # a layer keeps one cache: check it once, not every token
+            n_head, max_len, head_dim = _check_cache(kv)
+            if n_head * head_dim != self.c:
+                raise ValueError(f"a cache of {n_head} x {head_dim} does not fit a block of width {self.c}")
+            self.cache, self.layout = kv, (n_head, max_len)
+        n_head, max_len = self.layout
+        _check_position(pos, max_len)
         _check_row(x, self.c)
         y = x.clone(memory_format=torch.contiguous_format)
         _c.block(self.addresses, y.data_ptr(), kv.data_ptr(), self.scratch.data_ptr(), self.c, n_head, max_len,

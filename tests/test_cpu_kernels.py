@@ -177,6 +177,9 @@ def test_a_block_in_c_refuses_weights_and_caches_it_cannot_use():
     block.mlp.c_fc.weight.data = block.mlp.c_fc.weight.data.double()
     with pytest.raises(ValueError, match=r"contiguous float32 CPU weights of \(128, 32\)"):
         c_step(block)
+    block.mlp.c_fc.weight = None
+    with pytest.raises(ValueError, match="needs every weight matrix"):
+        c_step(block)
 
 
 def test_cpu_linear_gives_nn_linear_for_one_row_and_many():
