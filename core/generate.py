@@ -16,6 +16,7 @@ import torch
 from .backends.base import Backend
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .sampling import Sampler, SamplingParams
+from .tokenizer import sampleable_vocab
 
 
 @dataclass
@@ -93,7 +94,7 @@ def generate(
     start = time.perf_counter()
     window = ContextWindow(backend)
     dropped = max(0, len(prompt) - (backend.block_size - 1))
-    sampler = Sampler(params, encoding.n_vocab)
+    sampler = Sampler(params, sampleable_vocab(encoding))
     detok = IncrementalDetokenizer(encoding)
     stops = StopMatcher(params.stop)
     history = list(prompt)

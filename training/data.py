@@ -16,22 +16,48 @@ import numpy as np
 import torch
 
 from ..core.errors import GptuiError
+from ..core.tokenizer import fim_ids, get_encoding
 from .loss import IGNORE
 from .shards import PRETRAIN, load_array
+
+
+def fim_permute(row: np.ndarray, rng: np.random.Generator, rate: float, eot: int, sentinels: tuple[int, int, int]) -> np.ndarray:
+    """Fill-in-the-middle: each document in `row` (cut at <|endoftext|>) is, with probability
+    `rate`, cut at two random points and rearranged prefix-suffix-middle:
+    <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle [<|endoftext|>].
+    The three sentinels lengthen the row, so it is cut back to its length at the end.
+    """
+    pre, mid, suf = sentinels
+    ends = np.flatnonzero(row == eot) + 1
+    pieces = []
+    for doc in np.split(row, ends):
+        has_eot = len(doc) > 0 and doc[-1] == eot
+        body = doc[:-1] if has_eot else doc
+        if len(body) >= 2 and rng.random() < rate:
+            a, b = np.sort(rng.integers(0, len(body) + 1, size=2))
+            doc = np.concatenate([[pre], body[:a], [suf], body[b:], [mid], body[a:b], doc[len(body):]])
+        pieces.append(doc)
+    return np.concatenate(pieces)[: len(row)].astype(row.dtype, copy=False)
 
 
 class TokenWindows:
     """Pretraining rows: consecutive windows of the token stream, one shard at a time.
 
     Each epoch shifts the window grid by a seeded offset, so repeated epochs cut documents
-    at different places instead of showing the model the very same windows again.
+    at different places instead of showing the model the very same windows again. With a
+    FIM rate, documents are rearranged for fill-in-the-middle afresh each epoch (a function
+    of seed, epoch and row, so resuming reads the same rows).
     """
 
-    def __init__(self, shards: list[np.ndarray], block_size: int, seed: int):
+    def __init__(self, shards: list[np.ndarray], block_size: int, seed: int, fim_rate: float = 0.0,
+                 eot: int = 0, fim_sentinels: tuple[int, int, int] | None = None):
         self.shards = shards
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.block_size = block_size
         self.seed = seed
+        if fim_rate > 0 and fim_sentinels is None:
+            raise GptuiError("fill-in-the-middle needs an encoding with FIM tokens (gpt2-code)")
+        self.fim_rate, self.eot, self.fim_sentinels = fim_rate, eot, fim_sentinels
 
     def _offset(self, epoch: int) -> int:
         return 0 if epoch == 0 else int(np.random.default_rng([self.seed, epoch, 1]).integers(self.block_size))
@@ -47,7 +73,11 @@ class TokenWindows:
         ends = np.cumsum(counts)
         shard = np.searchsorted(ends, ids, side="right")
         starts = self._offset(epoch) + (ids - (ends[shard] - counts[shard])) * T
-        batch = np.stack([self.shards[s][p : p + T + 1] for s, p in zip(shard, starts)]).astype(np.int64)
+        windows = [self.shards[s][p : p + T + 1] for s, p in zip(shard, starts)]
+        if self.fim_rate > 0:
+            windows = [fim_permute(w, np.random.default_rng([self.seed, 3, epoch, int(i)]), self.fim_rate, self.eot,
+                                   self.fim_sentinels) for w, i in zip(windows, ids)]
+        batch = np.stack(windows).astype(np.int64)
         return batch[:, :-1], batch[:, 1:]
 
     def targets(self, epoch: int, ids: np.ndarray) -> int:
@@ -102,12 +132,15 @@ class PackedExamples:
         return int(self.mask[ids, 1:].sum())
 
 
-def open_rows(folder: Path, manifest: dict, split: str, block_size: int, seed: int):
+def open_rows(folder: Path, manifest: dict, split: str, block_size: int, seed: int, fim_rate: float = 0.0):
+    """The rows of one split; fim_rate > 0 rearranges pretraining documents for fill-in-the-middle."""
     info = manifest["splits"].get(split)
     if info is None:
         raise GptuiError(f"{folder}: no {split!r} split")
     if manifest["kind"] == PRETRAIN:
-        return TokenWindows([load_array(folder / s["file"]) for s in info["shards"]], block_size, seed)
+        sentinels = fim_ids(get_encoding(manifest["encoding"])) if fim_rate > 0 else None
+        return TokenWindows([load_array(folder / s["file"]) for s in info["shards"]], block_size, seed, fim_rate,
+                            manifest["eot_token"], sentinels)
     return PackedExamples(folder, info, block_size, seed, manifest["eot_token"])
 
 

@@ -27,7 +27,7 @@ from ..core.config import preset as make_config
 from ..core.errors import GptuiError
 from ..core.model import GPT
 from ..core.registry import resolve
-from ..core.tokenizer import get_encoding
+from ..core.tokenizer import fim_ids, get_encoding
 from . import distributed
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
 from .data import Sampler, eval_row_ids, open_rows, to_device
@@ -52,8 +52,12 @@ class TrainConfig:
     batch_tokens: int = 1 << 19  # tokens per optimizer step, over all processes
     micro_batch: int = 16  # rows per forward pass per process; the rest is gradient accumulation
     lr: float = 6e-4  # peak learning rate
-    min_lr: float | None = None  # end of the cosine; None means lr / 10
+    min_lr: float | None = None  # end of the schedule; None means lr / 10 (cosine) or 0 (wsd)
     warmup: int = 200  # steps of linear warmup
+    schedule: str = "cosine"  # cosine, or wsd: constant after warmup, linear decay over the last decay_frac
+    decay_frac: float = 0.2  # wsd: share of the steps spent decaying
+    fim_rate: float | None = None  # share of documents rearranged for fill-in-the-middle; None: 0.5 when
+    # pretraining with an encoding that has FIM tokens, else 0
     weight_decay: float = 0.1  # on matrices and embeddings only
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 250  # steps between validation passes
@@ -134,7 +138,9 @@ class Trainer:
             raise GptuiError(f"{self.data_dir} was tokenised with {self.manifest['encoding']}, "
                              f"but the model uses {self.encoding}; prepare the data with --encoding {self.encoding}")
         T = self.model.config.block_size
-        self.train_rows = open_rows(self.data_dir, self.manifest, "train", T, cfg.seed)
+        if cfg.fim_rate is None:
+            cfg.fim_rate = 0.5 if cfg.task == "pretrain" and fim_ids(get_encoding(self.encoding)) else 0.0
+        self.train_rows = open_rows(self.data_dir, self.manifest, "train", T, cfg.seed, cfg.fim_rate)
         self.val_rows = open_rows(self.data_dir, self.manifest, "val", T, cfg.seed)
         for split, rows in (("training", self.train_rows), ("validation", self.val_rows)):
             if rows.epoch_size(0) == 0:
@@ -231,7 +237,8 @@ class Trainer:
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; (mean loss of this rank's share x world, grad norm), both still on device."""
         cfg, d = self.cfg, self.d
-        lr = get_lr(step, cfg.steps, cfg.lr, cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10, cfg.warmup)
+        min_lr = cfg.min_lr if cfg.min_lr is not None else (0.0 if cfg.schedule == "wsd" else cfg.lr / 10)
+        lr = get_lr(step, cfg.steps, cfg.lr, min_lr, cfg.warmup, cfg.schedule, cfg.decay_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(_seed_for(cfg.seed, d.rank, step))
@@ -319,7 +326,8 @@ class Trainer:
             "training": {
                 "task": cfg.task, "data": self.manifest["source"], "data_fingerprint": self.manifest["fingerprint"],
                 "steps": self.step, "tokens": self.tokens_seen, "batch_tokens": cfg.batch_tokens,
-                "lr": cfg.lr, "seed": cfg.seed, "gptui_version": __version__,
+                "lr": cfg.lr, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay, "fim_rate": cfg.fim_rate,
+                "seed": cfg.seed, "gptui_version": __version__,
             },
         }
 
