@@ -1,4 +1,5 @@
-"""The one instruction template: SFT trains on it and the app's chat speaks it."""
+"""The prompt shapes SFT trains on: the instruction template (the app's chat speaks it) and raw
+code completion (a signature and docstring, answered by the body, as the editor and funceval ask)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ def format_prompt(instruction: str, input: str = "") -> str:
     return text + RESPONSE_HEADER
 
 
-def format_example(instruction: str, input: str, output: str) -> tuple[str, str]:
-    """(prompt, response) of one training example; the trainer appends <|endoftext|> after it."""
+def format_completion(prompt: str, output: str) -> tuple[str, str]:
+    """(prompt, response) of a completion example: raw code, no template.
+
+    The prompt is kept byte for byte (it ends where the model starts writing, usually after the
+    docstring's closing line); the response keeps its leading indentation, since the body's first
+    line is indented, and ends in exactly one newline.
+    """
+    return prompt, output.rstrip() + "\n"
+
+
+def format_example(instruction: str, input: str, output: str, prompt: str = "") -> tuple[str, str]:
+    """(prompt, response) of one training example; the trainer appends <|endoftext|> after it.
+
+    A row with a raw `prompt` is a completion example; otherwise the instruction template is used.
+    """
+    if prompt and prompt.strip():
+        return format_completion(prompt, output)
     return format_prompt(instruction, input), output.strip() + "\n"

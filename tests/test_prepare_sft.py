@@ -125,7 +125,7 @@ KNOWN = textwrap.dedent('''\
 
 
 def test_mined_pairs_from_a_known_file():
-    pairs = [(p["instruction"], p["output"]) for p in mine_source(KNOWN)]
+    pairs = [(p["instruction"], p["output"]) for p in mine_source(KNOWN) if p["shape"] == "instruction"]
     assert pairs == [
         ("Area of a circle of radius r.",
          "@functools.cache\ndef circle_area(r):\n    return math.pi * r ** 2\n"),
@@ -149,13 +149,14 @@ def test_mine_command_writes_examples_split_by_file(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["type"] == "mined" and manifest["split_by"] == "source_file"
     mined = [json.loads(line) for line in (out / "mined.jsonl").read_text().splitlines()]
-    assert {m["instruction"] for m in mined} == {
+    assert {m["instruction"] for m in mined if m["shape"] == "instruction"} == {
         "Area of a circle of radius r.", "A last-in, first-out stack of items.",
         "Put item on top of the stack.", "Twice the value of x."}
-    assert all(set(m) >= {"instruction", "input", "output", "text"} for m in mined)
-    # the two files land in different splits, whole
-    sizes = sorted([manifest["splits"]["train"]["examples"], manifest["splits"]["val"]["examples"]])
-    assert sizes == [1, 3]
+    assert all(set(m) >= {"instruction", "input", "output", "text", "prompt"} for m in mined)
+    # the two files land in different splits, whole (instruction + completion pairs: 3 + 2 and 1 + 1)
+    splits = manifest["splits"]
+    assert sorted([splits["train"]["examples"], splits["val"]["examples"]]) == [2, 5]
+    assert sum(splits[s]["shapes"]["completion"] for s in splits) == 3
 
 
 def test_mine_with_nothing_documented(tmp_path):
@@ -181,5 +182,24 @@ def test_mine_with_holdout_skips_the_pretraining_validation_files(tmp_path):
     assert result.exit_code == 0, result.output
     mined = [json.loads(line) for line in (out / "mined.jsonl").read_text().splitlines()]
     mined_names = {m["source_file"].rsplit("/", 1)[-1][:-3] for m in mined}
-    assert len(mined) == 4 and not mined_names & held_names
+    assert len(mined) == 8 and not mined_names & held_names
     assert one_error(run("--hf", "x.jsonl", "--holdout", code, "--out", tmp_path / "o").output)
+
+
+def test_completion_rows_in_local_files_are_raw_prompts(tmp_path):
+    """A row with a `prompt` is tokenised without the template; rows without one stay instruction rows."""
+    rows = instruction_rows(copies=2)
+    completion = {"prompt": 'def double(x):\n    """Twice x."""\n', "output": "    return 2 * x\n"}
+    source = write_jsonl(tmp_path / "mixed.jsonl", [{**r, "prompt": ""} for r in rows]
+                         + [{"instruction": "", "input": "", **completion}])
+    out = tmp_path / "sft"
+    result = run("--hf", source, "--out", out, "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    got = examples(out, "train")
+    assert (completion["prompt"], completion["output"]) in got
+    assert {format_example(r["instruction"], r["input"], r["output"]) for r in rows} <= set(got)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["shapes"] == {"instruction": len(rows), "completion": 1}
+    # a completion-only file (no instruction column) loads too
+    only = write_jsonl(tmp_path / "only.jsonl", [completion])
+    assert run("--hf", only, "--out", tmp_path / "only", "--val-fraction", "0").exit_code == 0

@@ -1,8 +1,13 @@
 """`prepare --hf` and `prepare --mine`: instruction data in python-codes-25k's schema, tokenised for SFT.
 
-Each example becomes prompt tokens (core.prompt's template) followed by response tokens and
-<|endoftext|>. Per split the folder holds one token array, a parallel loss mask (1 where the
-token is part of the response and so is a training target) and document offsets.
+Two example shapes share the schema. An instruction row (instruction, input, output) is put in
+core.prompt's template; a completion row has a non-empty `prompt` column (raw code, usually a
+signature and docstring) and its `output` is what follows it (the body). Rows without a
+`prompt` column, or with it empty, are instruction rows, so python-codes-25k loads unchanged.
+
+Each example becomes prompt tokens followed by response tokens and <|endoftext|>. Per split the
+folder holds one token array, a parallel loss mask (1 where the token is part of the response
+and so is a training target) and document offsets.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ from ..core import __version__
 from ..core.errors import GptuiError
 from ..core.prompt import format_example
 from ..core.tokenizer import encode, get_encoding
-from .mine import mine_files
+from .exercises import exercise_pair, files_of, find_exercises
+from .mine import COLUMNS, MAX_RESPONSE_TOKENS, add_row, mine_files
 from .shards import SFT, TOKEN_DTYPE, check_output, read_manifest, save_array, staged_folder, write_manifest
 from .sources import find_python_files
 
 
-REQUIRED_COLUMNS = ("instruction", "output")
-SCHEMA = "instruction, input, output (text optional)"
+REQUIRED_COLUMNS = ("output",)
+PROMPT_COLUMNS = ("instruction", "prompt")  # at least one: instruction rows, completion rows, or both
+SCHEMA = "instruction, input, output (text optional; or prompt, output for completion rows)"
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 def _hash(*parts) -> str:
@@ -59,6 +66,8 @@ def load_instructions(source: str, cache: Path):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise GptuiError(f"cannot load {source}: {first}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if not any(c in ds.column_names for c in PROMPT_COLUMNS):
+        missing = ["instruction", *missing]
     if missing:
         found = ", ".join(ds.column_names) or "none"
         raise GptuiError(f"{source}: missing column(s) {', '.join(missing)} (found: {found}; expected {SCHEMA})")
@@ -68,21 +77,26 @@ def load_instructions(source: str, cache: Path):
 
 
 def _tokenise_examples(batch: dict, encoding: str) -> dict:
-    """datasets.map worker: (instruction, input, output) -> prompt ids, response ids + <|endoftext|>."""
+    """datasets.map worker: (instruction, input, output, prompt) -> prompt ids, response ids + <|endoftext|>."""
     enc = get_encoding(encoding)
-    n = len(batch["instruction"])
+    n = len(batch["output"])
+    instructions = batch.get("instruction") or [""] * n
     inputs = batch.get("input") or [""] * n
-    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "key": []}
-    for instruction, input_, output in zip(batch["instruction"], inputs, batch["output"]):
-        instruction, input_, output = instruction or "", input_ or "", output or ""
-        if not instruction.strip() or not output.strip():
+    prompts = batch.get("prompt") or [""] * n
+    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "key": [], "is_completion": []}
+    for instruction, input_, output, prompt in zip(instructions, inputs, batch["output"], prompts):
+        instruction, input_, output, prompt = instruction or "", input_ or "", output or "", prompt or ""
+        completion = bool(prompt.strip())
+        if not (completion or instruction.strip()) or not output.strip():
             prompt_ids, response_ids = [], []  # marked empty; counted and dropped by the caller
         else:
-            prompt, response = format_example(instruction, input_, output)
-            prompt_ids, response_ids = encode(enc, prompt), encode(enc, response) + [enc.eot_token]
+            prompt_text, response = format_example(instruction, input_, output, prompt)
+            prompt_ids, response_ids = encode(enc, prompt_text), encode(enc, response) + [enc.eot_token]
         out["prompt_ids"].append(np.asarray(prompt_ids, dtype=TOKEN_DTYPE))
         out["response_ids"].append(np.asarray(response_ids, dtype=TOKEN_DTYPE))
-        out["key"].append(hashlib.sha256(f"{instruction}\0{input_}\0{output}".encode()).hexdigest()[:32])
+        out["is_completion"].append(completion)
+        parts = (prompt, output) if completion else (instruction, input_, output)
+        out["key"].append(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
     return out
 
 
@@ -124,8 +138,11 @@ def _write_split(folder: Path, name: str, table: pa.Table, rows: np.ndarray) -> 
     save_array(folder / files["tokens"], tokens)
     save_array(folder / files["mask"], mask)
     save_array(folder / files["offsets"], offsets)
+    completion = table.column("is_completion").take(pa.array(rows, type=pa.int64())).combine_chunks()
+    completion = completion.to_numpy(zero_copy_only=False).astype(bool)
     return {
         "examples": len(lengths),
+        "shapes": {"instruction": int((~completion).sum()), "completion": int(completion.sum())},
         "tokens": int(offsets[-1]),
         "response_tokens": int(mask.sum()),
         "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
@@ -201,38 +218,52 @@ def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float,
 
 
 def mine_to_jsonl(roots: list[Path], cache: Path, num_proc: int, max_file_bytes: int,
-                  exclude_sha256: frozenset = frozenset()) -> tuple[Path, int]:
-    """Mine docstring pairs from every .py file under roots into a cached JSONL file; (path, files read).
+                  exclude_sha256: frozenset = frozenset(), encoding: str = "gpt2-code") -> tuple[Path, int]:
+    """Mine pairs from every .py file and exercism exercise under roots into a cached JSONL file; (path, files read).
 
     Files whose content hash is in exclude_sha256 (a pretraining run's held-out split) are skipped.
+    `encoding` measures responses against mine.MAX_RESPONSE_TOKENS.
     """
     import datasets
 
     roots = [Path(r).resolve() for r in roots]
     candidates = find_python_files(roots)
-    if not candidates:
+    exercises = find_exercises(roots)
+    if not candidates and not exercises:
         raise GptuiError(f"no .py files under {', '.join(map(str, roots))}")
-    key = _hash(PIPELINE_VERSION, max_file_bytes, [str(r) for r in roots],
-                [(c.root, c.path, c.size, c.mtime_ns) for c in candidates], sorted(exclude_sha256))
+    exercise_files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for e in exercises for p in files_of(e)]
+    key = _hash(PIPELINE_VERSION, max_file_bytes, [str(r) for r in roots], encoding, MAX_RESPONSE_TOKENS,
+                [(c.root, c.path, c.size, c.mtime_ns) for c in candidates], exercise_files, sorted(exclude_sha256))
     cache.mkdir(parents=True, exist_ok=True)
     jsonl = cache / f"mined-{key[:24]}.jsonl"
     if not jsonl.exists():
-        files = datasets.Dataset.from_dict({"root": [c.root for c in candidates], "path": [c.path for c in candidates]})
-        num_proc = max(1, min(num_proc, len(candidates) // 100))
-        pairs = files.map(
-            mine_files,
-            batched=True,
-            batch_size=32,
-            num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs={"roots": [str(r) for r in roots], "max_file_bytes": max_file_bytes,
-                       "exclude_sha256": exclude_sha256},
-            remove_columns=["root", "path"],
-            new_fingerprint=key[:32],
-            desc="mining docstrings",
-        )
-        if len(pairs) == 0:
+        rows: dict[str, list] = {c: [] for c in COLUMNS}
+        for folder in exercises:
+            pair, _why = exercise_pair(folder, exclude_sha256)
+            if pair:
+                solution = next(p for p in files_of(folder) if p.parent.name == ".meta")
+                add_row(rows, pair, str(solution))
+        mined = datasets.Dataset.from_dict(rows) if rows["output"] else None
+        if candidates:
+            files = datasets.Dataset.from_dict({"root": [c.root for c in candidates],
+                                                "path": [c.path for c in candidates]})
+            num_proc = max(1, min(num_proc, len(candidates) // 100))
+            pairs = files.map(
+                mine_files,
+                batched=True,
+                batch_size=32,
+                num_proc=num_proc if num_proc > 1 else None,
+                fn_kwargs={"roots": [str(r) for r in roots], "max_file_bytes": max_file_bytes,
+                           "exclude_sha256": exclude_sha256, "encoding": encoding},
+                remove_columns=["root", "path"],
+                new_fingerprint=key[:32],
+                desc="mining docstrings",
+            )
+            mined = datasets.concatenate_datasets([mined, pairs]) if mined is not None and len(pairs) else (
+                pairs if mined is None else mined)
+        if mined is None or len(mined) == 0:
             raise GptuiError(f"no documented functions or classes under {', '.join(map(str, roots))}")
         partial = jsonl.with_suffix(".partial")
-        pairs.to_json(str(partial), lines=True, force_ascii=False)
+        mined.to_json(str(partial), lines=True, force_ascii=False)
         partial.replace(jsonl)
     return jsonl, len(candidates)
