@@ -53,6 +53,8 @@ for _command in (prepare, pretrain, sft, evaluate, funceval, plot):
 
 from .export import export  # noqa: E402
 main.add_command(export)
+from .gather import gather_command  # noqa: E402
+main.add_command(gather_command)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Which installed distribution (name, version, license) a top-level package in a root came from.
+"""Which distribution (name, version, license) a top-level package in a root came from.
 
 A corpus built from site-packages is only as redistributable as its licenses, so the manifest
 records them, read from the `*.dist-info/METADATA` files that pip leaves beside each package.
+A root written by `gptui-train gather` says it in its sources.json: each top-level folder is a
+repository (distribution owner/name, version its commit, license its SPDX id).
 """
 
 from __future__ import annotations
@@ -51,9 +53,20 @@ def _top_levels(dist_info: Path, name: str) -> set[str]:
     return names or {name.replace("-", "_").lower()}
 
 
+def _gathered(root: Path) -> dict[str, Distribution]:
+    """Top-level folder -> its repository, from the sources.json that gather wrote in root."""
+    from .gather import read_record
+
+    record = read_record(root)
+    if record is None:
+        return {}
+    return {r["folder"]: Distribution(r["repo"], r["commit"], r["license"] or "")
+            for r in record.get("repos", []) if not r.get("refused") and r.get("folder")}
+
+
 def find_distributions(root: Path) -> dict[str, Distribution]:
     """Top-level package name -> the distribution that installed it, for one root folder."""
-    found: dict[str, Distribution] = {}
+    found: dict[str, Distribution] = _gathered(root)
     for dist_info in sorted(root.glob("*.dist-info")):
         metadata = dist_info / "METADATA"
         if not metadata.is_file():
