@@ -80,6 +80,11 @@ def test_form_feeds_do_not_shift_the_cut():
     assert prompt.startswith("def hypot(a, b):") and response.endswith("return math.sqrt(a * a + b * b)\n")
 
 
+def test_a_docstring_of_doctests_alone_gives_only_the_completion():
+    pairs = mine_source('def f(x):\n    """\n    >>> f(2) + f(3)\n    13\n    """\n    return x * x\n')
+    assert [p["shape"] for p in pairs] == ["completion"]
+
+
 def test_stubs_give_no_pairs():
     assert mine_source('def f(x):\n    """Compute something useful."""\n    raise NotImplementedError\n') == []
 

@@ -19,6 +19,7 @@ is at most MAX_RESPONSE_TOKENS tokens.
 from __future__ import annotations
 
 import ast
+import doctest
 import os
 import re
 
@@ -56,6 +57,15 @@ def _dedent(lines: list[str], column: int) -> list[str]:
         prefix = len(line) - len(line.lstrip(" \t"))
         out.append(line[min(prefix, column):])
     return out
+
+
+def _prose(docstring: str) -> str:
+    """The docstring without its doctest examples and their expected output."""
+    try:
+        parts = doctest.DocTestParser().parse(docstring)
+    except ValueError:  # malformed examples (inconsistent indentation)
+        return docstring
+    return "".join(p for p in parts if isinstance(p, str)).strip()
 
 
 def _parses(source: str) -> bool:
@@ -103,7 +113,8 @@ def _pairs(node: ast.AST, lines: list[str], imports: str, fits) -> list[dict]:
     after_doc = _dedent(lines[doc.end_lineno : node.end_lineno], node.col_offset)
     pairs = []
 
-    if len(docstring) <= MAX_DOCSTRING_CHARS:
+    # An instruction needs words: a docstring of doctests alone asks nothing (its completion pair still teaches).
+    if len(docstring) <= MAX_DOCSTRING_CHARS and len(_prose(docstring)) >= MIN_DOCSTRING_CHARS:
         body = list(after_doc)
         while body and not body[0].strip():
             body = body[1:]  # the blank line that usually follows a docstring

@@ -36,7 +36,7 @@ REQUIRED_COLUMNS = ("output",)
 PROMPT_COLUMNS = ("instruction", "prompt")  # at least one: instruction rows, completion rows, or both
 SCHEMA = "instruction, input, output (text optional; or prompt, output for completion rows)"
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 def _hash(*parts) -> str:
