@@ -27,7 +27,7 @@ from .sources import DUPLICATE, Candidate, find_python_files, read_source
 
 
 # Bump when vetting or tokenisation changes, so stale caches are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: long_mean_line and low_alphanumeric filters
 
 
 def _tokenise_files(batch: dict, roots: list[str], encoding: str, max_file_bytes: int) -> dict:

@@ -20,6 +20,8 @@ BINARY = "binary"
 NOT_UTF8 = "not_utf8"
 GENERATED = "generated"
 LONG_LINES = "long_lines"
+LONG_MEAN_LINE = "long_mean_line"
+LOW_ALPHANUMERIC = "low_alphanumeric"
 UNREADABLE = "unreadable"
 DUPLICATE = "duplicate"
 
@@ -35,6 +37,11 @@ GENERATED_MARKERS = (
 GENERATED_HEAD_CHARS = 1000
 # A line this long is data (lookup tables, embedded blobs, minified code), not code to learn from.
 MAX_LINE_CHARS = 1000
+# Codex's filters (Chen et al. 2021): files whose lines average over 100 characters, or whose
+# characters are under 25% letters and digits, are data or minified/encoded text, not code.
+MAX_MEAN_LINE_CHARS = 100
+MIN_ALPHANUMERIC_SHARE = 0.25
+_ASCII_ALPHANUMERIC = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
 
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".nox", ".venv", "node_modules"}
 
@@ -98,6 +105,21 @@ def read_source(path: str | Path, max_bytes: int) -> tuple[str | None, str, str]
     head = text[:GENERATED_HEAD_CHARS].lower()
     if any(marker in head for marker in GENERATED_MARKERS):
         return None, GENERATED, sha
-    if max(map(len, text.splitlines())) > MAX_LINE_CHARS:
+    lengths = list(map(len, text.splitlines()))
+    if max(lengths) > MAX_LINE_CHARS:
         return None, LONG_LINES, sha
+    if sum(lengths) / len(lengths) > MAX_MEAN_LINE_CHARS:
+        return None, LONG_MEAN_LINE, sha
+    if alphanumeric_share(text) < MIN_ALPHANUMERIC_SHARE:
+        return None, LOW_ALPHANUMERIC, sha
     return text, "", sha
+
+
+def alphanumeric_share(text: str) -> float:
+    """The share of characters that are letters or digits (str.isalnum), 0 for empty text."""
+    if not text:
+        return 0.0
+    if text.isascii():  # bytes.translate counts at C speed; most source files are ASCII
+        data = text.encode()
+        return (len(data) - len(data.translate(None, _ASCII_ALPHANUMERIC))) / len(data)
+    return sum(map(str.isalnum, text)) / len(text)
