@@ -26,6 +26,9 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
               help="Mine instruction pairs from the docstrings of functions and classes under DIR (repeatable).")
 @click.option("--holdout", type=click.Path(path_type=Path, file_okay=False),
               help="With --mine: a prepared code folder whose validation files must not be mined.")
+@click.option("--holdout-from", type=click.Path(path_type=Path),
+              help="With ROOTS: a prepared code folder or its manifest JSON file; the validation split becomes "
+                   "the files it held out (by sha256) found under ROOTS, so an old and a new model share it.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--encoding", default="gpt2-code", show_default=True, help="gpt2 or gpt2-code")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=None,
@@ -39,8 +42,8 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
               help="Tokens per shard file (cut at document boundaries).")
 @click.option("--force", is_flag=True, help="Replace an --out folder that holds other prepared data.")
 @fail_cleanly
-def prepare(roots, hf_source, mine_roots, holdout, out, encoding, val_fraction, seed, num_proc, max_file_bytes,
-            shard_tokens, force):
+def prepare(roots, hf_source, mine_roots, holdout, holdout_from, out, encoding, val_fraction, seed, num_proc,
+            max_file_bytes, shard_tokens, force):
     """Turn .py directories (ROOTS), --hf data or --mine'd docstrings into token shards and a manifest.json."""
     from ..core.paths import cache_dir
 
@@ -48,12 +51,16 @@ def prepare(roots, hf_source, mine_roots, holdout, out, encoding, val_fraction, 
         raise GptuiError("give one source: directories of .py files, --hf NAME_OR_FILE, or --mine DIR")
     if holdout and not mine_roots:
         raise GptuiError("--holdout goes with --mine")
+    if holdout_from and not roots:
+        raise GptuiError("--holdout-from goes with directories of .py files")
+    if holdout_from and val_fraction is not None:
+        raise GptuiError("--holdout-from fixes the validation files; leave out --val-fraction")
     cache = cache_dir()
     if roots:
         from .prepare_code import prepare_code
 
         manifest, reused = prepare_code(list(roots), out, encoding, 0.01 if val_fraction is None else val_fraction, seed,
-                                        num_proc, max_file_bytes, shard_tokens, force, cache / "prepare")
+                                        num_proc, max_file_bytes, shard_tokens, force, cache / "prepare", holdout_from)
         what = "files"
     else:
         from .prepare_sft import load_instructions, mine_to_jsonl, prepare_sft
