@@ -55,3 +55,38 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+class RepeatedLines:
+    """Finds a run of `times` identical copies of the same 1..`max_lines` non-blank lines in a growing text.
+
+    Greedy decoding loops in cycles of a line or a few (`if a: return x` / `if b: return x` / ...).
+    Blank lines neither count nor break a cycle. Each call scans only the lines completed since
+    the last one and compares at most times * max_lines**2 lines per new line.
+    """
+
+    def __init__(self, times: int, max_lines: int = 4):
+        self.times = times
+        self.max_lines = max_lines
+        self.scanned = 0  # text[:scanned] has been split into complete lines
+        self.lines: list[str] = []  # the last times * max_lines non-blank complete lines
+        self.ends: list[int] = []  # where each of them ends in the text, after its newline
+
+    def check(self, text: str) -> int | None:
+        """Where to cut `text` (after the cycle's first copy) once it has come `times` times in a row, else None."""
+        while (end := text.find("\n", self.scanned)) >= 0:
+            line = text[self.scanned : end]
+            self.scanned = end + 1
+            if not line.strip():
+                continue
+            self.lines.append(line)
+            self.ends.append(end + 1)
+            keep = self.times * self.max_lines
+            if len(self.lines) > keep:
+                del self.lines[:-keep], self.ends[:-keep]
+            for period in range(1, self.max_lines + 1):
+                span = self.times * period
+                tail = self.lines[-span:]
+                if len(tail) == span and all(tail[i] == tail[i + period] for i in range(span - period)):
+                    return self.ends[-span + period - 1]
+        return None

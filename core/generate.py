@@ -14,7 +14,7 @@ import tiktoken
 import torch
 
 from .backends.base import Backend
-from .detokenizer import IncrementalDetokenizer, StopMatcher
+from .detokenizer import IncrementalDetokenizer, RepeatedLines, StopMatcher
 from .sampling import Sampler, SamplingParams
 from .tokenizer import sampleable_vocab
 
@@ -36,7 +36,7 @@ class DoneEvent:
     """The end of a generation, with its timings."""
 
     text: str  # any held-back text released at the end
-    reason: str  # "length", "stop", "eos", "cancelled", or a stop_fn's own reason
+    reason: str  # "length", "stop", "eos", "cancelled", "repetition" (params.stop_repeats), or a stop_fn's reason
     prompt_tokens: int  # after left truncation
     dropped_prompt_tokens: int  # cut from the left to fit the window
     tokens: int  # generated tokens
@@ -94,7 +94,8 @@ def generate(
     start = time.perf_counter()
     window = ContextWindow(backend)
     dropped = max(0, len(prompt) - (backend.block_size - 1))
-    sampler = Sampler(params, sampleable_vocab(encoding))
+    sampler = Sampler(params, sampleable_vocab(encoding), prompt_tokens=len(prompt), end_token=encoding.eot_token)
+    repeats = RepeatedLines(params.stop_repeats) if params.stop_repeats else None
     detok = IncrementalDetokenizer(encoding)
     stops = StopMatcher(params.stop)
     history = list(prompt)
@@ -125,6 +126,12 @@ def generate(
                     retract = max(0, len(text) - cut[0])
                     delta = (text + delta)[len(text) : max(cut[0], len(text))]
                     hit, reason = True, cut[1]
+            if repeats is not None and not hit:
+                cut = repeats.check(text + delta)
+                if cut is not None:
+                    retract = max(0, len(text) - cut)
+                    delta = (text + delta)[len(text) : max(cut, len(text))]
+                    hit, reason = True, "repetition"
             text += delta
             yield TokenEvent(delta, token, logprob, n - 1, now - start, top)
             if hit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,12 @@ class SamplingParams:
     top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
     top_p: float = 1.0  # nucleus: smallest set whose probability reaches top_p, in (0, 1]
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the context (CTRL-style)
+    # n > 0: never generate the same n tokens twice (Hugging Face's no_repeat_ngram_size), counting
+    # only generated tokens: code rightly repeats the prompt's names, and the prompt is not a loop.
+    no_repeat_ngram: int = 0
+    # K > 0: stop ("repetition") once the same non-blank line comes K times in a row; the repeats
+    # after its first copy are cut. Ends the runaway output a block cannot (lines shorter than n).
+    stop_repeats: int = 0
     seed: int | None = None  # same seed, same prompt, same backend: same output
     max_tokens: int = 128  # new tokens at most
     stop: tuple[str, ...] = field(default_factory=tuple)  # generation ends before any of these
@@ -31,20 +38,56 @@ class SamplingParams:
             raise GptuiError(f"top-k must be >= 0, got {self.top_k}")
         if not (self.repetition_penalty > 0):
             raise GptuiError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        if self.no_repeat_ngram < 0:
+            raise GptuiError(f"no-repeat n-gram size must be >= 0 (0 disables), got {self.no_repeat_ngram}")
+        if self.stop_repeats < 0 or self.stop_repeats == 1:
+            raise GptuiError(f"stop-repeats must be 0 (off) or >= 2, got {self.stop_repeats}")
         if self.max_tokens < 0:
             raise GptuiError(f"max tokens must be >= 0, got {self.max_tokens}")
 
 
+class NgramBlock:
+    """The tokens that would complete an n-gram already pushed: O(n) per token, not a rescan.
+
+    Keeps a map from each (n-1)-token prefix seen to the tokens that followed it, so the tokens to
+    forbid next are one lookup of the last n-1 tokens.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.recent: deque[int] = deque(maxlen=n)  # the last n tokens pushed
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+
+    def push(self, token: int) -> None:
+        self.recent.append(token)
+        if len(self.recent) == self.n:
+            *prefix, last = self.recent
+            self.followers.setdefault(tuple(prefix), set()).add(last)
+
+    def banned(self) -> set[int]:
+        if len(self.recent) < self.n - 1:
+            return set()
+        prefix = tuple(self.recent)[len(self.recent) - (self.n - 1) :]
+        return self.followers.get(prefix, set())
+
+
 class Sampler:
-    """Stateful only in its random generator, so a seed fixes the whole sequence.
+    """Stateful only in its random generator and n-gram index, so a seed fixes the whole sequence.
 
     Works on the device the logits live on: a GPU backend hands over GPU logits, and only the
     chosen token and its log-prob cross to the host (one synchronisation per token).
     """
 
-    def __init__(self, params: SamplingParams, vocab_size: int):
+    def __init__(self, params: SamplingParams, vocab_size: int, prompt_tokens: int | None = None,
+                 end_token: int | None = None):
         self.params = params
         self.vocab_size = vocab_size  # real tokens; logits beyond it are padding and never chosen
+        # history[:prompt_tokens] is the prompt, which the n-gram block ignores; None: the history
+        # of the first call is the prompt.
+        self.prompt_tokens = prompt_tokens
+        self.end_token = end_token  # never blocked: ending is always a way out of a loop
+        self.block = NgramBlock(params.no_repeat_ngram) if params.no_repeat_ngram else None
+        self._indexed = 0  # history tokens the block has seen (or skipped as prompt)
         self.generator: torch.Generator | None = None  # made on the logits' device at first use
         self._pinned: torch.Tensor | None = None  # page-locked host slot the chosen id is copied to
         self._copied: torch.cuda.Event | None = None  # recorded after that copy, each token
@@ -89,6 +132,16 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
         """The chosen token id as a 0-d tensor on the logits' device (no host sync here)."""
         p = self.params
+        if self.block is not None:
+            if self.prompt_tokens is None:
+                self.prompt_tokens = len(history)
+            for token in history[max(self._indexed, self.prompt_tokens) :]:
+                self.block.push(token)
+            self._indexed = len(history)
+            banned = [t for t in self.block.banned() if t != self.end_token and t < self.vocab_size]
+            if banned:
+                logits = logits.clone()
+                logits[torch.tensor(banned, dtype=torch.long, device=logits.device)] = -math.inf
         if p.repetition_penalty != 1.0 and history:
             seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
             seen = seen[seen < self.vocab_size]

@@ -279,6 +279,10 @@ def _print_task_table(name: str, backend: str, report) -> None:
     how = "greedy" if s["greedy"] else ""
     if s["samples"]:
         how += f"{' + ' if how else ''}{s['samples']} samples/task at T={s['temperature']:g}, top-p {s['top_p']:g}, seed {s['seed']}"
+    if s.get("no_repeat_ngram"):
+        how += f", no repeated {s['no_repeat_ngram']}-grams"
+    if s.get("stop_repeats"):
+        how += f", stop at {s['stop_repeats']} repeated lines"
     click.echo(f"{name} [{backend}], {rates['tasks']} built-in tasks, {s['prompt_style']} prompt, {how} "
                f"({report.seconds:.0f} s)")
     click.echo(f"{'difficulty':<11}{'tasks':>6}" + "".join(f"{c.replace('_', ' '):>15}" for c in columns))
@@ -309,10 +313,14 @@ def _print_task_table(name: str, backend: str, report) -> None:
 @click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="Tokens per function body at most.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds one task's program may run.")
+@click.option("--no-repeat-ngram", type=click.IntRange(0), default=0, show_default=True,
+              help="Never generate the same N tokens twice in a completion (0: off), as `gptui -i` does.")
+@click.option("--stop-repeats", type=click.IntRange(0), default=0, show_default=True,
+              help="End a completion when one line comes K times in a row, keeping one copy (0: off).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (with every completion) as JSON.")
 @fail_cleanly
 def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_text, greedy, seed, prompt_style, limit,
-             max_tokens, timeout, as_json):
+             max_tokens, timeout, no_repeat_ngram, stop_repeats, as_json):
     """Does the code MODEL writes work? Run its function bodies against tests.
 
     Without PATHS: the built-in original tasks (or --tasks FILE); greedy pass@1 and pass@k over
@@ -324,6 +332,7 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
     from ..core.backends import load_backend
     from ..core.checkpoint import read_config
     from ..core.registry import resolve
+    from ..core.sampling import SamplingParams
     from ..core.tokenizer import get_encoding
     from .functional import evaluate as run_functional, find_problems
 
@@ -339,6 +348,8 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
         if not greedy and not samples:
             raise GptuiError("--no-greedy with --samples 0 leaves nothing to measure")
         tasks = load_tasks(tasks_file)[:limit]
+    guards = {"no_repeat_ngram": no_repeat_ngram, "stop_repeats": stop_repeats}
+    SamplingParams(**guards)  # the same validation as everywhere else, before a model loads
     folder = resolve(model)
     encoding = get_encoding(read_config(folder)[1])
     engine = load_backend(backend, folder)
@@ -347,7 +358,7 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
 
         report = evaluate_tasks(engine, encoding, tasks, samples=samples, temperature=temperature, top_p=top_p, ks=ks,
                                 greedy=greedy, seed=seed, max_tokens=max_tokens, prompt_style=prompt_style,
-                                timeout=timeout,
+                                timeout=timeout, **guards,
                                 progress=lambda i, n: click.echo(f"\rtask {i}/{n}", err=True, nl=False))
         click.echo("", err=True)
         result = {"model": str(folder), "backend": backend, "task_file": str(tasks_file or "built-in"),
@@ -357,7 +368,7 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
         else:
             _print_task_table(folder.name, backend, report)
         return
-    result = run_functional(engine, encoding, problems, max_tokens=max_tokens, limit=limit,
+    result = run_functional(engine, encoding, problems, max_tokens=max_tokens, limit=limit, **guards,
                             progress=lambda r: click.echo(f"\r{r.passed}/{r.problems} passed", err=True, nl=False))
     click.echo("", err=True)
     summary = {"model": str(folder), "backend": backend, "functions_found": len(problems),

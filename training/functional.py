@@ -199,8 +199,10 @@ def run_program(source: str, timeout: float = 10.0, prefix: list[str] | None = N
     return done.returncode == 0 and tail[-1:] == [marker]
 
 
-def complete_body(backend: Backend, encoding, problem: Problem, max_tokens: int) -> str:
-    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+def complete_body(backend: Backend, encoding, problem: Problem, max_tokens: int, no_repeat_ngram: int = 0,
+                  stop_repeats: int = 0) -> str:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, no_repeat_ngram=no_repeat_ngram,
+                            stop_repeats=stop_repeats)
     text, retract = "", 0
     for event in generate(backend, encoding, encode(encoding, problem.prompt), params, stop_fn=end_of_function):
         text += event.text
@@ -210,7 +212,7 @@ def complete_body(backend: Backend, encoding, problem: Problem, max_tokens: int)
 
 
 def evaluate(backend: Backend, encoding, problems: list[Problem], max_tokens: int = 256, progress=None,
-             limit: int | None = None) -> Result:
+             limit: int | None = None, no_repeat_ngram: int = 0, stop_repeats: int = 0) -> Result:
     """Check problems in order until `limit` of them could be checked (the harness passes the original)."""
     prefix = _no_network_prefix()
     result = Result()
@@ -221,7 +223,7 @@ def evaluate(backend: Backend, encoding, problems: list[Problem], max_tokens: in
             continue  # the harness cannot check this one (needs files, network, other modules...)
         if run_program(problem.program(SABOTAGED_BODY), prefix=prefix):
             continue  # its doctests never call this body (e.g. they import the installed library's copy)
-        body = complete_body(backend, encoding, problem, max_tokens)
+        body = complete_body(backend, encoding, problem, max_tokens, no_repeat_ngram, stop_repeats)
         ok = run_program(problem.program(body), prefix=prefix)
         result.problems += 1
         result.passed += ok
@@ -352,12 +354,14 @@ class TaskReport:
 def evaluate_tasks(backend: Backend, encoding, tasks: list[Task], samples: int = 10, temperature: float = 0.8,
                    top_p: float = 0.95, ks: list[int] | None = None, greedy: bool = True, seed: int = 0,
                    max_tokens: int = 256, prompt_style: str = "code", timeout: float = 5.0, jobs: int = 2,
-                   progress=None) -> TaskReport:
+                   progress=None, no_repeat_ngram: int = 0, stop_repeats: int = 0) -> TaskReport:
     """Greedy pass@1 and, with samples > 0, pass@k from `samples` seeded samples per task.
 
     Sample j of every task uses seed + j, so a run is repeatable on the same backend. Programs run
-    in `jobs` sandboxed children while the model writes the next completions.
+    in `jobs` sandboxed children while the model writes the next completions. no_repeat_ngram and
+    stop_repeats (SamplingParams) apply to greedy and sampled completions alike.
     """
+    guards = {"no_repeat_ngram": no_repeat_ngram, "stop_repeats": stop_repeats}
     ks = [k for k in (ks if ks is not None else (1, 5, 10)) if k <= samples]
     if prompt_style not in ("code", "instruct"):
         raise GptuiError(f"prompt style must be code or instruct, got {prompt_style!r}")
@@ -370,12 +374,13 @@ def evaluate_tasks(backend: Backend, encoding, tasks: list[Task], samples: int =
             prompt = task.model_prompt(prompt_style)
             runs = []
             if greedy:
-                body = complete(backend, encoding, prompt, SamplingParams(temperature=0, max_tokens=max_tokens))
+                body = complete(backend, encoding, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, **guards))
                 score.completions["greedy"] = body
                 runs.append(("greedy", pool.submit(run_program, task.program(body), timeout, prefix)))
             bodies = []
             for j in range(samples):
-                params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed + j, max_tokens=max_tokens)
+                params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed + j, max_tokens=max_tokens,
+                                        **guards)
                 bodies.append(complete(backend, encoding, prompt, params))
                 runs.append(("sample", pool.submit(run_program, task.program(bodies[-1]), timeout, prefix)))
             if samples:
@@ -392,7 +397,7 @@ def evaluate_tasks(backend: Backend, encoding, tasks: list[Task], samples: int =
                     score.correct += future.result()
     settings = {"prompt_style": prompt_style, "greedy": greedy, "samples": samples,
                 "temperature": temperature if samples else None, "top_p": top_p if samples else None,
-                "seed": seed if samples else None, "max_tokens": max_tokens}
+                "seed": seed if samples else None, "max_tokens": max_tokens, **guards}
     return TaskReport(scores, ks, settings, time.perf_counter() - start)
 
 

@@ -47,6 +47,11 @@ def main():
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 keeps every token.")
 @click.option("--top-p", type=float, default=0.95, show_default=True)
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--no-repeat-ngram", type=int, default=None, metavar="N",
+              help="Never generate the same N tokens twice; 0 disables. [default: 12 with -i, else 0]")
+@click.option("--stop-repeats", type=int, default=None, metavar="K",
+              help="Stop when a line (or a cycle of up to 4) comes K times in a row; 0 disables. "
+                   "[default: 3 with -i, else 0]")
 @click.option("-s", "--seed", type=int, default=None, help="Same seed, same output.")
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
 @click.option("--stats", is_flag=True, help="Time to first token and tokens/s on stderr.")
@@ -54,16 +59,24 @@ def main():
               help="jsonl: one event per token with its log-prob and timing.")
 @click.option("-i", "--instruct", is_flag=True, help="Wrap the prompt in the instruction template (chat).")
 @fail_cleanly
-def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-             stats, fmt, instruct):
+def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram,
+             stop_repeats, seed, stop, stats, fmt, instruct):
     """Complete PROMPT (after stdin, when piped) and print the continuation."""
     from .filter import read_prompt, run_filter
 
     stdin_piped = not sys.stdin.isatty()
     if not stdin_piped and (prompt is None or Path(prompt).suffix == ".py" and Path(prompt).is_file()):
         return open_app(prompt, model, backend)
+    from .settings import CHAT_NO_REPEAT_NGRAM, CHAT_STOP_REPEATS
+
+    # Greedy answers to instructions loop; plain completion keeps the model's own distribution.
+    if no_repeat_ngram is None:
+        no_repeat_ngram = CHAT_NO_REPEAT_NGRAM if instruct else 0
+    if stop_repeats is None:
+        stop_repeats = CHAT_STOP_REPEATS if instruct else 0
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                            seed=seed, max_tokens=max_tokens, stop=tuple(stop))
+                            seed=seed, max_tokens=max_tokens, stop=tuple(stop), no_repeat_ngram=no_repeat_ngram,
+                            stop_repeats=stop_repeats)
     text = read_prompt(prompt, sys.stdin if stdin_piped else None)
     run_filter(text, model, backend, params, sys.stdout, sys.stderr, fmt=fmt, stats=stats, instruct=instruct)
 

@@ -17,6 +17,7 @@ REASONS = {
     "length": "max tokens",
     "eos": "end of text",
     "cancelled": "cancelled",
+    "repetition": "repeated lines",
 }
 
 

@@ -8,6 +8,8 @@ top_p = 1.0
 max_tokens = 64          # per completion
 chat_max_tokens = 256    # per chat answer
 seed = 7                 # leave out for a fresh random seed each time (the status shows it)
+no_repeat_ngram = 12     # chat and completions never repeat 12 generated tokens; 0 disables
+stop_repeats = 3         # stop when a line (or a cycle of up to 4) comes 3 times in a row; 0 disables
 
 [editor]
 debounce_ms = 250        # idle pause before a completion starts
@@ -39,9 +41,14 @@ from ..core.sampling import SamplingParams
 
 CONFIG_NAME = "config.toml"
 
+# Defaults of the instruction path (the app's chat and completions, `gptui -i`); see Settings.
+CHAT_NO_REPEAT_NGRAM = 12
+CHAT_STOP_REPEATS = 3
+
 # Where each field lives in the file: section -> field names (the dataclass stays flat).
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "sampling": ("temperature", "top_k", "top_p", "max_tokens", "chat_max_tokens", "seed"),
+    "sampling": ("temperature", "top_k", "top_p", "max_tokens", "chat_max_tokens", "seed", "no_repeat_ngram",
+                 "stop_repeats"),
     "editor": ("debounce_ms", "stop"),
     "model": ("model", "backend"),
 }
@@ -56,6 +63,11 @@ class Settings:
     max_tokens: int = 64  # new tokens per completion at most
     chat_max_tokens: int = 256  # new tokens per chat answer at most
     seed: int | None = None  # None: a fresh random seed per generation, shown in the status
+    # Against greedy loops (`x_csv_csv_csv...`, one line over and over), for chat and completions.
+    # Model-agnostic: a 12-gram is rare inside a short answer but any loop has one; a block of 1-4
+    # lines three times in a row cut no 256-token chunk of this repository's code.
+    no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM
+    stop_repeats: int = CHAT_STOP_REPEATS
     debounce_ms: int = 250  # idle time after typing before a completion starts
     stop: list[str] = field(default_factory=list)  # extra completion stop strings
     model: str | None = None  # last model picked (name or folder)
@@ -74,7 +86,8 @@ class Settings:
 
     def sampling(self, max_tokens: int, seed: int, stop: tuple[str, ...] = ()) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              seed=seed, max_tokens=max_tokens, stop=stop)
+                              seed=seed, max_tokens=max_tokens, stop=stop, no_repeat_ngram=self.no_repeat_ngram,
+                              stop_repeats=self.stop_repeats)
 
     def to_toml(self) -> dict:
         data: dict = {}
