@@ -364,6 +364,8 @@ class GptuiApp(App):
         instruction, selection, answer, prompt = self.chat_turn
         if done is not None:
             answer.add(done.text)
+            if done.retract:  # the repeats a "repetition" stop cut off
+                answer.text = answer.text[: len(answer.text) - done.retract]
             rate = f" · {done.decode_tokens_per_s:.1f} tok/s" if done.tokens > 1 else ""
             answer.set_stats(f"{done.tokens} tokens{rate} · stopped: {REASONS.get(done.reason, done.reason)}")
         else:
