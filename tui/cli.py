@@ -35,6 +35,7 @@ def main():
     cat f.py | gptui            complete stdin (then the argument, if any)
     gptui models                list models
     gptui tokenize FILE         show token boundaries
+    gptui serve                 OpenAI-compatible HTTP API on 127.0.0.1:8080
     """
 
 
@@ -127,8 +128,10 @@ def tokenize(files, encoding, count):
 
 
 from .bench import bench  # noqa: E402
+from .serve import serve  # noqa: E402
 
 main.add_command(bench)
+main.add_command(serve)
 
 
 if __name__ == "__main__":
