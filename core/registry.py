@@ -11,7 +11,7 @@ from .checkpoint import folder_bytes, load_state_dict, read_config, weight_files
 from .errors import GptuiError
 from .paths import data_dir
 
-DEFAULT_MODELS = ("gptui-small-instruct", "gptui-small")  # first one present is the default
+DEFAULT_MODELS = ("gptui-code", "gptui-small-instruct", "gptui-small")  # first one present is the default
 
 
 @dataclass
