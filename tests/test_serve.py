@@ -67,6 +67,15 @@ def call(served_model, method: str, path: str, queue: int = 4, api_key=None, hea
         engine.close()
 
 
+async def settled(engine: Engine) -> None:
+    """Wait for the worker to free its slots: it does so through the event loop, just after the answer."""
+    for _ in range(200):
+        if engine.pending == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{engine.pending} generations still pending")
+
+
 def sse_events(response: httpx.Response) -> list:
     lines = [line[len("data: "):] for line in response.text.split("\n") if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -234,11 +243,7 @@ def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(served):
                 assert response.status_code == status and "error" in response.json()
             ok = await client.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2})
             assert ok.status_code == 200
-            for _ in range(100):  # the worker frees its slot through the event loop, just after the answer
-                if engine.pending == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert engine.pending == 0
+            await settled(engine)
 
     try:
         run(go())
@@ -275,6 +280,7 @@ def test_a_full_queue_gives_429_and_frees_up(served):
             assert busy.json()["error"]["code"] == "queue_full"
             gate.set()
             assert (await first).status_code == 200
+            await settled(engine)
             assert (await client.post("/v1/completions", json=body)).status_code == 200
 
     try:
@@ -333,10 +339,7 @@ def test_a_client_disconnect_cancels_its_generation(served, stream):
     async def go():
         app = create_api(engine)
         await asgi_request(app, "/v1/completions", body, disconnect_after_first_chunk=stream)
-        for _ in range(300):  # the worker thread reports its end through the event loop
-            if engine.pending == 0:
-                break
-            await asyncio.sleep(0.01)
+        await settled(engine)
 
     try:
         run(go())

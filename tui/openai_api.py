@@ -142,20 +142,33 @@ class Engine:
             with contextlib.suppress(RuntimeError):  # the loop closed under a forced shutdown
                 loop.call_soon_threadsafe(events.put_nowait, item)
 
+        released = False
+
+        def release_then_put(item) -> None:
+            # One callback, so the slot is free before the client can see the end of its answer
+            # and send its next request.
+            self._release()
+            events.put_nowait(item)
+
         def work() -> None:
+            nonlocal released
             try:
                 put(time.perf_counter())
                 for event in generate(self.model.backend, self.model.encoding, ids, params,
                                       should_cancel=cancel.is_set, alternatives=alternatives):
-                    if isinstance(event, DoneEvent):
-                        self.last_done = event
-                    put(event)
+                    if isinstance(event, DoneEvent):  # the last event: the backend is done with
+                        self.last_done, released = event, True
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(release_then_put, event)
+                    else:
+                        put(event)
             except Exception as e:  # a bug, not bad input: the request gets a 500, the server goes on
                 log.exception("generation failed")
                 put(e)
             finally:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._release)
+                if not released:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._release)
 
         try:
             loop.run_in_executor(self.executor, work)
