@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
-from training_helpers import prepared_sft, tiny_checkpoint, train_args
+from training_helpers import prepared_code, prepared_sft, tiny_checkpoint, train_args
 
 from gptui.core.checkpoint import load_model, read_config
 from gptui.core.tokenizer import EOT_ID
@@ -73,3 +73,40 @@ def test_sft_command_fine_tunes_a_checkpoint(tmp_path, tmp_path_factory):
     tuned, _ = load_model(out / "latest")
     original, _ = load_model(base)
     assert not torch.equal(tuned.transformer.h[0].attn.c_attn.weight, original.transformer.h[0].attn.c_attn.weight)
+
+
+def test_mixed_rows_replay_code_windows_at_the_rate_and_count_their_targets(tmp_path_factory):
+    from gptui.training.data import MixedRows, open_rows
+    from gptui.training.shards import PRETRAIN, read_manifest
+
+    sft_dir, code_dir = prepared_sft(tmp_path_factory), prepared_code(tmp_path_factory)
+    sft_rows = open_rows(sft_dir, read_manifest(sft_dir), "train", 64, 0)
+    code_rows = open_rows(code_dir, read_manifest(code_dir, PRETRAIN), "train", 64, 0)
+    mixed = MixedRows(sft_rows, code_rows, 0.5)
+    n = mixed.epoch_size(0)
+    assert n == 2 * sft_rows.epoch_size(0)
+    ids = np.arange(n)
+    x, y = mixed.rows(0, ids)
+    n_sft = sft_rows.epoch_size(0)
+    assert np.array_equal(x[:n_sft], sft_rows.rows(0, ids[:n_sft])[0])
+    assert np.array_equal(x[n_sft:], code_rows.rows(0, ids[: n - n_sft])[0])
+    assert (y[n_sft:] != IGNORE).all() and (y[:n_sft] == IGNORE).any()
+    assert mixed.targets(0, ids) == int((y != IGNORE).sum())
+    # the next epoch replays the code windows that follow
+    x1, _ = mixed.rows(1, ids[n_sft:])
+    expected = code_rows.rows(0, (np.arange(n - n_sft) + (n - n_sft)) % code_rows.epoch_size(0))[0]
+    assert np.array_equal(x1, expected)
+
+
+def test_sft_with_mix_data_trains_and_records_it(tmp_path, tmp_path_factory):
+    base = tiny_checkpoint(tmp_path_factory)
+    out = tmp_path / "sft"
+    result = CliRunner().invoke(main, ["sft", *train_args(prepared_sft(tmp_path_factory), out, steps=4, init=base,
+                                                          eval_every=4, eval_tokens=128, save_every=4,
+                                                          mix_data=prepared_code(tmp_path_factory), mix_rate=0.3)])
+    assert result.exit_code == 0, result.output
+    training = read_config(out / "latest")[2]["provenance"]["training"]
+    assert training["mix_rate"] == 0.3 and training["mix_data"]["type"] == "python_files"
+    bad = CliRunner().invoke(main, ["pretrain", *train_args(prepared_code(tmp_path_factory), tmp_path / "p", steps=2,
+                                                            preset="tiny", mix_data=prepared_code(tmp_path_factory))])
+    assert bad.exit_code == 1 and "--mix-data goes with sft" in bad.output

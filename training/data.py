@@ -132,6 +132,47 @@ class PackedExamples:
         return int(self.mask[ids, 1:].sum())
 
 
+class MixedRows:
+    """SFT rows with pretraining windows mixed in: a share `rate` of each epoch's rows are code
+    windows (every token a target), the rest SFT examples. Fine-tuning on instructions alone
+    moves a model away from plain code; replaying pretraining data keeps its completions.
+
+    Row ids below the SFT count are SFT rows; the others are code windows, taken in order from
+    where the previous epoch stopped, so successive epochs replay different code.
+    """
+
+    def __init__(self, sft, code: TokenWindows, rate: float):
+        if not 0 < rate < 1:
+            raise GptuiError(f"the mix rate must be between 0 and 1, got {rate}")
+        self.sft, self.code = sft, code
+        self.too_long = getattr(sft, "too_long", 0)
+        self.n_sft = sft.epoch_size(0)
+        self.n_code = max(1, round(self.n_sft * rate / (1 - rate)))
+        if code.epoch_size(0) == 0:
+            raise GptuiError("the mixed-in code data has no complete rows for this context")
+
+    def epoch_size(self, epoch: int) -> int:
+        return self.n_sft + self.n_code
+
+    def _split(self, epoch: int, ids: np.ndarray):
+        is_code = ids >= self.n_sft
+        code_ids = (ids[is_code] - self.n_sft + epoch * self.n_code) % self.code.epoch_size(0)
+        return is_code, ids[~is_code], code_ids
+
+    def rows(self, epoch: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        is_code, sft_ids, code_ids = self._split(epoch, ids)
+        x = np.empty((len(ids), self.code.block_size), dtype=np.int64)
+        y = np.empty_like(x)
+        for mask, part, source in ((~is_code, sft_ids, self.sft), (is_code, code_ids, self.code)):
+            if len(part):
+                x[mask], y[mask] = source.rows(0 if source is self.code else epoch, part)
+        return x, y
+
+    def targets(self, epoch: int, ids: np.ndarray) -> int:
+        is_code, sft_ids, code_ids = self._split(epoch, ids)
+        return (self.sft.targets(epoch, sft_ids) if len(sft_ids) else 0) + len(code_ids) * self.code.block_size
+
+
 def open_rows(folder: Path, manifest: dict, split: str, block_size: int, seed: int, fim_rate: float = 0.0):
     """The rows of one split; fim_rate > 0 rearranges pretraining documents for fill-in-the-middle."""
     info = manifest["splits"].get(split)

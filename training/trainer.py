@@ -30,7 +30,7 @@ from ..core.registry import resolve
 from ..core.tokenizer import fim_ids, get_encoding
 from . import distributed
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
-from .data import Sampler, eval_row_ids, open_rows, to_device
+from .data import MixedRows, Sampler, eval_row_ids, open_rows, to_device
 from .loss import IGNORE, LossFunction, eval_loss, resolve_loss
 from .metrics import MetricsLog, flops_per_token, memory_gb, peak_flops, tensorboard_writer
 from .optim import build_optimizer, get_lr
@@ -58,6 +58,8 @@ class TrainConfig:
     decay_frac: float = 0.2  # wsd: share of the steps spent decaying
     fim_rate: float | None = None  # share of documents rearranged for fill-in-the-middle; None: 0.5 when
     # pretraining with an encoding that has FIM tokens, else 0
+    mix_data: str | None = None  # sft: a prepared code folder whose windows are mixed into the batches
+    mix_rate: float = 0.25  # sft with mix_data: share of rows that are code windows
     weight_decay: float = 0.1  # on matrices and embeddings only
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 250  # steps between validation passes
@@ -141,6 +143,9 @@ class Trainer:
         if cfg.fim_rate is None:
             cfg.fim_rate = 0.5 if cfg.task == "pretrain" and fim_ids(get_encoding(self.encoding)) else 0.0
         self.train_rows = open_rows(self.data_dir, self.manifest, "train", T, cfg.seed, cfg.fim_rate)
+        self.mix_source = None  # the mixed-in code data's source, for the provenance
+        if cfg.mix_data:
+            self.train_rows = self._mixed(self.train_rows, Path(cfg.mix_data), T)
         self.val_rows = open_rows(self.data_dir, self.manifest, "val", T, cfg.seed)
         for split, rows in (("training", self.train_rows), ("validation", self.val_rows)):
             if rows.epoch_size(0) == 0:
@@ -195,6 +200,16 @@ class Trainer:
         config = make_config(cfg.preset or "small", vocab_size=get_encoding(cfg.encoding).n_vocab)
         torch.manual_seed(cfg.seed)
         return GPT(config), cfg.encoding, {"preset": cfg.preset, "seed": cfg.seed}
+
+    def _mixed(self, rows, folder: Path, T: int) -> MixedRows:
+        """SFT rows with the training windows of a prepared code folder mixed in."""
+        if self.cfg.task != "sft":
+            raise GptuiError("--mix-data goes with sft (pretraining data is already code)")
+        manifest = read_manifest(folder, PRETRAIN)
+        if manifest["encoding"] != self.encoding:
+            raise GptuiError(f"{folder} was tokenised with {manifest['encoding']}, but the model uses {self.encoding}")
+        self.mix_source = manifest["source"]
+        return MixedRows(rows, open_rows(folder, manifest, "train", T, self.cfg.seed), self.cfg.mix_rate)
 
     def _create_out(self) -> None:
         try:
@@ -327,6 +342,8 @@ class Trainer:
                 "task": cfg.task, "data": self.manifest["source"], "data_fingerprint": self.manifest["fingerprint"],
                 "steps": self.step, "tokens": self.tokens_seen, "batch_tokens": cfg.batch_tokens,
                 "lr": cfg.lr, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay, "fim_rate": cfg.fim_rate,
+                "mix_data": self.mix_source,
+                "mix_rate": cfg.mix_rate if cfg.mix_data else 0.0,
                 "seed": cfg.seed, "gptui_version": __version__,
             },
         }
