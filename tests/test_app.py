@@ -9,6 +9,7 @@ import pytest
 import torch
 from textual.widgets import Input
 
+from gptui.core.tokenizer import encode, fim_ids
 from gptui.tui.screens.compare import CompareScreen
 from gptui.tui.screens.dialogs import AskPath, Confirm
 from gptui.tui.screens.help import HelpScreen
@@ -99,6 +100,87 @@ async def test_escape_dismisses_and_tab_then_indents(tmp_path):
         assert app.editor.text == "def add(a, b):"
         await pilot.press("tab")  # no ghost: Tab indents as in any editor
         assert app.editor.text.rstrip(" ") == "def add(a, b):" and app.editor.text.endswith("  ")
+
+
+MID_FILE = "def add(a, b):\n    return a + \n\n\nprint(add(1, ))\n"
+
+
+def fim_catalog(tmp_path, script: str) -> FakeCatalog:
+    """"fimmy" was trained for fill-in-the-middle (its config says so), "plain" was not."""
+    return FakeCatalog({"fimmy": [script], "plain": [script]}, root=tmp_path / "models", fim=("fimmy",))
+
+
+async def complete_at(pilot, location: tuple[int, int]) -> None:
+    pilot.app.editor.move_cursor(location)
+    await pilot.press("ctrl+g")
+
+
+@pytest.mark.parametrize("model", ["fimmy", "plain"])
+@sync
+async def test_a_mid_file_completion_sends_the_suffix_only_to_a_fim_model(tmp_path, model):
+    (tmp_path / "f.py").write_text(MID_FILE)
+    app = make_app(tmp_path, fim_catalog(tmp_path, "b\n"), path=tmp_path / "f.py", config=FAST, model=model)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.fim == (model == "fimmy")
+        assert ("FIM: no" in app._engine_line().plain) == (model == "plain")
+        await complete_at(pilot, (1, 15))  # the end of "    return a + ", code below it
+        await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.done is not None)
+        encoding = app.engine.encoding
+        prefix, suffix = "def add(a, b):\n    return a + ", "\n\n\nprint(add(1, ))\n"
+        if model == "fimmy":
+            pre, mid, suf = fim_ids(encoding)
+            expected = [pre] + encode(encoding, prefix) + [suf] + encode(encoding, suffix) + [mid]
+        else:
+            expected = encode(encoding, prefix)
+        assert app.engine.backend.prompts[-1] == expected
+        assert app.editor.ghost.visible == "b"
+
+
+@sync
+async def test_mid_line_ghost_sits_at_the_cursor_and_tab_inserts_it_there(tmp_path):
+    (tmp_path / "f.py").write_text(MID_FILE)
+    app = make_app(tmp_path, fim_catalog(tmp_path, "2\nprint(3)"), path=tmp_path / "f.py", config=FAST,
+                   model="fimmy")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await complete_at(pilot, (4, 13))  # print(add(1, |))
+        await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.done is not None)
+        assert app.editor.ghost.visible == "2"  # the code after the cursor ends the line: so does the ghost
+        assert app.readout.state == "stopped: end of line"
+        row = app.editor.cursor_location[0] - app.editor.scroll_offset[1]
+        shown = "".join(segment.text for segment in app.editor.render_line(row))
+        assert "print(add(1, 2))" in shown  # drawn at the cursor, the rest of the line after it
+        assert app.editor.text == MID_FILE
+        await pilot.press("tab")
+        assert app.editor.text == MID_FILE.replace("(1, )", "(1, 2)")
+        assert app.editor.cursor_location == (4, 14)
+
+
+@sync
+async def test_escape_dismisses_a_mid_line_ghost(tmp_path):
+    (tmp_path / "f.py").write_text(MID_FILE)
+    app = make_app(tmp_path, fim_catalog(tmp_path, "2\n"), path=tmp_path / "f.py", config=FAST, model="fimmy")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await complete_at(pilot, (4, 13))
+        await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.visible == "2")
+        await pilot.press("escape")
+        assert app.editor.ghost is None
+        assert app.editor.text == MID_FILE
+        row = app.editor.cursor_location[0] - app.editor.scroll_offset[1]
+        assert "print(add(1, ))" in "".join(segment.text for segment in app.editor.render_line(row))
+
+
+@sync
+async def test_without_fim_there_is_no_completion_in_the_middle_of_a_line(tmp_path):
+    (tmp_path / "f.py").write_text(MID_FILE)
+    app = make_app(tmp_path, fim_catalog(tmp_path, "2\n"), path=tmp_path / "f.py", config=FAST, model="plain")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await complete_at(pilot, (4, 13))
+        await pilot.pause(0.2)
+        assert app.editor.ghost is None and app.engine.backend.prefills == 0
 
 
 @sync

@@ -19,7 +19,8 @@ import pytest
 from gptui.core.checkpoint import save_checkpoint
 from gptui.core.tokenizer import encode, fim_ids, get_encoding
 from gptui.tui.api_requests import fim_layout
-from gptui.tui.openai_api import Engine, ServedModel, create_api, trained_for_fim
+from gptui.tui.fim import trained_for_fim
+from gptui.tui.openai_api import Engine, ServedModel, create_api
 
 from conftest import make_tiny
 

@@ -12,7 +12,7 @@ from gptui.core.tokenizer import encode, get_encoding
 from gptui.tui.app import open_source
 from gptui.tui.catalog import Catalog, _accepts
 from gptui.tui.chat import Turn, as_markdown, build_prompt, extract_code
-from gptui.tui.completion import BlockStopper
+from gptui.tui.completion import BlockStopper, LineStopper
 from gptui.tui.ghost import Ghost
 from gptui.tui.screens.compare import first_divergence
 from gptui.tui.settings import Settings, load_settings, save_settings
@@ -223,3 +223,13 @@ def test_progress_is_passed_only_to_loaders_that_take_it():
     assert _accepts(lambda folder, progress=None: None, "progress")
     assert _accepts(lambda folder, **options: None, "progress")
     assert not _accepts(lambda folder: None, "progress")
+
+
+def test_a_mid_line_completion_stops_before_its_first_newline():
+    stop = LineStopper("):  ")
+    assert stop("path") is None
+    assert stop("path\n    return") == (4, "end of line")
+    assert stop("\nx") == (0, "end of line")
+    assert stop("path)\n") == (4, "end of line")  # wrote the cursor's ")" again: cut it
+    assert stop("path):\n") == (4, "end of line")
+    assert stop("g()\n") == (3, "end of line")  # its own brackets are kept

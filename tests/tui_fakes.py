@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ class ScriptedBackend(Backend):
         self.step = 0
         self.prefills = 0
         self.decodes = 0
+        self.prompts: list[list[int]] = []  # what each prefill was given
 
     def _logits(self) -> torch.Tensor:
         logits = torch.full((self.encoding.n_vocab,), -20.0)
@@ -46,6 +48,7 @@ class ScriptedBackend(Backend):
         return logits
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
+        self.prompts.append(list(ids))
         self.current = self.scripts[min(self.prefills, len(self.scripts) - 1)]
         self.prefills += 1
         self.step = 0
@@ -71,12 +74,14 @@ class FakeCatalog(Catalog):
     `scripts[model]` is what that model writes (`backend_scripts[backend]` overrides it, to make
     a backend diverge); `load_delay` makes loading slow enough to switch mid-generation, and a
     slow fake-int8 load reports build progress; `loads` records every (model, backend) loaded.
+    The models named in `fim` get a config.json under `root` whose provenance says FIM-trained.
     """
 
     BACKENDS = ("torch-fp32", "fake-int8", "broken")
 
     def __init__(self, scripts: dict[str, list[str]], delay: float = 0.005, load_delay: float = 0.0,
-                 root: Path = Path("/nonexistent/models"), backend_scripts: dict[str, list[str]] | None = None):
+                 root: Path = Path("/nonexistent/models"), backend_scripts: dict[str, list[str]] | None = None,
+                 fim: tuple[str, ...] = ()):
         self.scripts = scripts
         self.backend_scripts = backend_scripts or {}  # backend -> scripts, overriding the model's
         self.delay = delay
@@ -85,6 +90,11 @@ class FakeCatalog(Catalog):
         self.loads: list[tuple[str, str]] = []
         self.backends_made: list[ScriptedBackend] = []
         self.lock = threading.Lock()
+        for name in fim:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / "config.json").write_text(json.dumps(
+                {"format_version": 1, "encoding": ENCODING, "model": {},
+                 "provenance": {"training": {"task": "pretrain", "fim_rate": 0.5}}}))
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(name, self.root / name, "user", params=123_456, bytes=5 * 2**20, encoding=ENCODING)

@@ -27,9 +27,11 @@ from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent, generate
 from ..core.sampling import SamplingParams
 from ..core.tokenizer import encode
+from .api_requests import fim_layout
 from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
-from .completion import REASONS, BlockStopper
+from .completion import REASONS, BlockStopper, LineStopper
+from .fim import folder_supports_fim
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
 from .screens.compare import CompareScreen
 from .screens.dialogs import AskPath, Confirm
@@ -78,6 +80,7 @@ class GptuiApp(App):
         self.path = path
         self.disk_hash = disk_hash  # sha256 of the file as we last read or wrote it
         self.engine: Engine | None = None
+        self.fim = False  # the engine's model fills in the middle: completions see the code after the cursor
         self._text = text
         self._startup_notes = [(w, "warning") for w in warnings] + ([(open_error, "error")] if open_error else [])
         self._first_model = (model or settings.model, backend or settings.backend or DEFAULT_BACKEND)
@@ -148,6 +151,7 @@ class GptuiApp(App):
         line.append(e.model, style="bold")
         line.append(f" ({human_params(e.params)}) · ")
         line.append(e.backend_name, style="bold cyan")
+        line.append(" · FIM" if self.fim else " · FIM: no")
         seed = s.seed if s.seed is not None else self.last_seed
         line.append(f" · temperature {s.temperature} · top-k {s.top_k} · top-p {s.top_p} · "
                     f"max {s.max_tokens}/{s.chat_max_tokens} tokens · seed {seed if seed is not None else 'random'}")
@@ -205,6 +209,7 @@ class GptuiApp(App):
         self._stop_generations()
         engine = message.engine
         self.engine = engine
+        self.fim = folder_supports_fim(engine.folder, engine.encoding)
         self.speed.set_engine(self._engine_line())
         if self._missed_completion:  # the user typed while the first model loaded
             self._missed_completion = False
@@ -254,15 +259,25 @@ class GptuiApp(App):
         if self.engine is None or self.chat_request:
             self._missed_completion = self.engine is None  # ask again once a model is loaded
             return
+        if message.mid_line and not self.fim:
+            return  # without the suffix, a completion would ignore the code after the cursor
         request = next(self._requests)
         self.completion_request = request
         self.editor.start_ghost(request)
         # Encoding all of a large file is wasted work: only the window's worth is used.
-        prefix = message.prefix[-self.engine.block_size * 16 :]
-        ids = encode(self.engine.encoding, prefix)
+        block_size = self.engine.block_size
+        prefix = message.prefix[-block_size * 16 :]
+        if self.fim and message.suffix.strip():  # prefix-suffix-middle, cut far from the cursor
+            budget = max(block_size // 2, block_size - self.settings.max_tokens)
+            ids, _ = fim_layout(self.engine.encoding, prefix, message.suffix[: block_size * 16], budget)
+        else:
+            ids = encode(self.engine.encoding, prefix)
+        # In the middle of a line, the code after the cursor ends the line: fill up to it.
+        rest_of_line = message.suffix.split("\n", 1)[0]
+        stop_fn = LineStopper(rest_of_line) if message.mid_line else BlockStopper(message.line_prefix)
         params = self.settings.sampling(self.settings.max_tokens, self._seed(), tuple(self.settings.stop))
         self._start_readout("completion", request, len(ids))
-        self.run_generation("complete", request, self.engine, ids, params, BlockStopper(message.line_prefix))
+        self.run_generation("complete", request, self.engine, ids, params, stop_fn)
 
     def on_ghost_editor_ghost_dropped(self, message: GhostEditor.GhostDropped) -> None:
         if message.request == self.completion_request:

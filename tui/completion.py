@@ -1,4 +1,5 @@
-"""When a code completion should stop: the end of the block it started in, or a blank line.
+"""When a code completion should stop: the end of the block it started in, or a blank line; in the
+middle of a line, the end of that line.
 
 Stop strings and max tokens are handled by the sampling loop itself (SamplingParams); this is the
 part that needs to read Python's layout. It is a `stop_fn` for `core.generate.generate`.
@@ -13,6 +14,7 @@ CONTINUATIONS = ("else", "elif", "except", "finally", "case")
 REASONS = {
     "end of block": "end of block",
     "blank line": "blank line",
+    "end of line": "end of line",
     "stop": "stop string",
     "length": "max tokens",
     "eos": "end of text",
@@ -73,3 +75,29 @@ class BlockStopper:
             if indent < base_indent or indent == base_indent and opens_block and not _continues(line):
                 return start - 1 - offset, "end of block"
         return None
+
+
+def _unbalanced(text: str) -> bool:
+    """More closing brackets than opening ones."""
+    return sum(text.count(c) for c in ")]}") > sum(text.count(c) for c in "([{")
+
+
+class LineStopper:
+    """stop_fn for a completion in the middle of a line, before `rest_of_line`: the code after the
+    cursor closes the line, so the completion stops before its first newline. A model often writes
+    the closing part again (`read_lines(` + `path)` before `):`): a tail that repeats the start of
+    `rest_of_line` and closes a bracket the completion never opened is cut as well."""
+
+    def __init__(self, rest_of_line: str):
+        self.rest = rest_of_line.strip()
+
+    def __call__(self, text: str) -> tuple[int, str] | None:
+        cut = text.find("\n")
+        if cut < 0:
+            return None
+        line = text[:cut]
+        if _unbalanced(line):
+            for k in range(min(len(line), len(self.rest)), 0, -1):
+                if line.endswith(self.rest[:k]):
+                    return cut - k, "end of line"
+        return cut, "end of line"

@@ -36,7 +36,7 @@ from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent, generate
 from ..core.registry import resolve, restore_hint
 from ..core.sampling import SamplingParams
-from ..core.tokenizer import fim_ids, get_encoding
+from ..core.tokenizer import get_encoding
 from .api_requests import (
     CHAT_NO_REPEAT_NGRAM,
     MAX_LOGPROBS,
@@ -50,28 +50,12 @@ from .api_requests import (
     get_str,
     sampling_params,
 )
+from .fim import supports_fim
 
 log = logging.getLogger("gptui.serve")
 
 MAX_BODY_BYTES = 8 * 2**20  # a whole source file and then some
 DEFAULT_QUEUE = 16  # requests that may wait behind the running one before new ones get 429
-
-
-def trained_for_fim(provenance: dict) -> bool:
-    """True when any training run in the provenance chain rearranged documents for FIM (fim_rate > 0).
-
-    A fine-tune records the model it started from under init.provenance, so walk that chain.
-    """
-    seen = 0
-    while isinstance(provenance, dict) and seen < 64:
-        training = provenance.get("training")
-        rate = training.get("fim_rate") if isinstance(training, dict) else None
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
-            return True
-        init = provenance.get("init")
-        provenance = init.get("provenance") if isinstance(init, dict) else None
-        seen += 1
-    return False
 
 
 @dataclass
@@ -95,8 +79,7 @@ class ServedModel:
             backend = load_backend(backend_name, folder)
         except GptuiError as e:
             raise restore_hint(folder, e) from None
-        fim = trained_for_fim(meta.get("provenance", {})) and fim_ids(encoding) is not None
-        return cls(Path(folder).name, backend, encoding, fim, int((Path(folder) / "config.json").stat().st_mtime))
+        return cls(Path(folder).name, backend, encoding, supports_fim(meta, encoding), int((Path(folder) / "config.json").stat().st_mtime))
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gptui",

@@ -1,7 +1,8 @@
 """The code editor: a Python TextArea that draws a streamed completion as dim ghost text.
 
 Textual's TextArea has a one-line `suggestion`; completions run over several lines, so this draws
-its own: the first line after the cursor, the rest as extra rows that push the code below down.
+its own: the first line at the cursor, the rest as extra rows that push the code below down; the
+rest of the cursor's line is shifted right to follow the ghost's last line, as editors do.
 The editor owns the ghost's life: typing what it shows keeps it (and the generation feeding it),
 anything else drops it; the app only starts completions and feeds tokens.
 """
@@ -44,12 +45,18 @@ class GhostEditor(TextArea):
     ]
 
     class CompletionWanted(Message):
-        """The user paused after an edit: complete the text before the cursor."""
+        """The user paused after an edit: complete at the cursor, between `prefix` and `suffix`."""
 
-        def __init__(self, prefix: str, line_prefix: str) -> None:
+        def __init__(self, prefix: str, suffix: str, line_prefix: str) -> None:
             super().__init__()
-            self.prefix = prefix
-            self.line_prefix = line_prefix
+            self.prefix = prefix  # the text before the cursor
+            self.suffix = suffix  # the text after it
+            self.line_prefix = line_prefix  # the cursor's line before the cursor
+
+        @property
+        def mid_line(self) -> bool:
+            """Code follows the cursor on its line."""
+            return bool(self.suffix.split("\n", 1)[0].strip())
 
     class TokenUnderCursor(Message):
         """The cursor sits on text that token `index` of `ghost`'s completion put there."""
@@ -82,6 +89,7 @@ class GhostEditor(TextArea):
         # (document index, ghost) of the latest completion text in the buffer, until another edit
         # moves text around it: what the look-inside view can point at under the cursor.
         self._taken: tuple[int, Ghost] | None = None
+        self._hide_cursor = False  # render the cursor's line without the cursor (for the text after a ghost)
 
     # ---- ghost lifecycle (called by the app) ----
 
@@ -214,11 +222,9 @@ class GhostEditor(TextArea):
         if self.ghost is not None or not self.selection.is_empty:
             return
         row, column = self.cursor_location
-        line = self.document.get_line(row)
-        if line[column:].strip():
-            return  # mid-line: a completion would have to push the rest of the line around
         prefix = self.get_text_range((0, 0), self.cursor_location)
-        self.post_message(self.CompletionWanted(prefix, line[:column]))
+        suffix = self.get_text_range(self.cursor_location, self.document.end)
+        self.post_message(self.CompletionWanted(prefix, suffix, self.document.get_line(row)[:column]))
 
     async def _on_key(self, event) -> None:
         if event.key == "escape":
@@ -263,6 +269,18 @@ class GhostEditor(TextArea):
                     rows[-1].append((part.expandtabs(self.indent_width), style))
         return rows
 
+    @property
+    def _draw_cursor(self) -> bool:
+        return not self._hide_cursor and super()._draw_cursor
+
+    def _after_cursor(self, y: int, x: int) -> Strip:
+        """Screen row y (the cursor's) from cell x on, highlighted but without the cursor on it."""
+        self._hide_cursor = True
+        try:
+            return self._render_line(y).crop(x, self.size.width)  # uncached: the cache keeps the cursor
+        finally:
+            self._hide_cursor = False
+
     def render_line(self, y: int) -> Strip:
         rows = self._ghost_rows()
         if not rows:
@@ -278,24 +296,31 @@ class GhostEditor(TextArea):
         width = self.size.width
         theme = self._theme
         base = (theme.base_style if theme and theme.base_style else None) or self.rich_style
+        x = self.gutter_width + cursor_x - scroll_x
+        line_row, column = self.cursor_location
+        # The code after the cursor follows the ghost's last row (only when there is some: trailing
+        # blanks would carry the cursor line's highlight onto another row).
+        has_rest = bool(self.document.get_line(line_row)[column:].strip())
         if y == row:
             line = super().render_line(y)
             pieces = rows[0]
             if not pieces:
-                return line  # the completion starts on the next line
-            x = self.gutter_width + cursor_x - scroll_x
-            if self._draw_cursor and theme and theme.cursor_style:
+                if not has_rest:
+                    return line  # the completion starts on the next line
+                pieces = [(" ", self.get_component_rich_style("text-area--suggestion"))]  # for the cursor
+            if pieces and self._draw_cursor and theme and theme.cursor_style:
                 text, style = pieces[0]  # the cursor sits on the ghost's first character
                 pieces = [(text[0], style + theme.cursor_style), (text[1:], style)] + pieces[1:]
             background = theme.cursor_line_style if theme and self.highlight_cursor_line else None
             ghost = Strip([Segment(t, _on(base, background, s)) for t, s in pieces])
-            return Strip.join([line.crop(0, x), ghost, line.crop(x + max(1, ghost.cell_length), width)]
-                              ).extend_cell_length(width).crop(0, width)
+            rest = self._after_cursor(y, x) if not extra else Strip([])
+            return Strip.join([line.crop(0, x), ghost, rest]).extend_cell_length(width, base).crop(0, width)
         gutter = []
         if self.show_line_numbers:
             gutter = [Segment(" " * self.gutter_width, (theme.gutter_style if theme else None) or base)]
         text = Strip([Segment(t, _on(base, None, s)) for t, s in rows[y - row]]).crop(scroll_x, scroll_x + width)
-        return Strip.join([Strip(gutter), text]).extend_cell_length(width, base).crop(0, width)
+        rest = self._after_cursor(row, x) if y == row + extra and has_rest else Strip([])
+        return Strip.join([Strip(gutter), text, rest]).extend_cell_length(width, base).crop(0, width)
 
 
 def _on(base: Style, background: Style | None, style: Style) -> Style:
