@@ -72,7 +72,7 @@ def test_gptui_in_a_terminal_completes_saves_and_quits(tiny_model_dir, tmp_path)
     tmux = Tmux("app")
     try:
         tmux.run("new-session", "-d", "-s", "app", "-x", "120", "-y", "36", command)
-        tmux.wait_for("torch-fp32 · temperature")  # the status line once the model is loaded
+        tmux.wait_for("torch-fp32 · FIM")  # the status line once the model is loaded (FIM or "FIM: no")
         screen = tmux.wait_for("demo.py")
         assert "import os" in screen
 
