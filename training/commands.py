@@ -24,6 +24,9 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
                    ".json/.jsonl/.parquet file with columns instruction, input, output.")
 @click.option("--mine", "mine_roots", multiple=True, type=click.Path(path_type=Path),
               help="Mine instruction pairs from the docstrings of functions and classes under DIR (repeatable).")
+@click.option("--from-log", "from_log", is_flag=False, flag_value="-", default=None, metavar="[DB]",
+              help="Learn from the app: accepted completions and kept chat answers in the log database "
+                   "(default: `gptui logs path`).")
 @click.option("--holdout", type=click.Path(path_type=Path, file_okay=False),
               help="With --mine: a prepared code folder whose validation files must not be mined.")
 @click.option("--holdout-from", type=click.Path(path_type=Path),
@@ -42,13 +45,14 @@ GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
               help="Tokens per shard file (cut at document boundaries).")
 @click.option("--force", is_flag=True, help="Replace an --out folder that holds other prepared data.")
 @fail_cleanly
-def prepare(roots, hf_source, mine_roots, holdout, holdout_from, out, encoding, val_fraction, seed, num_proc,
+def prepare(roots, hf_source, mine_roots, from_log, holdout, holdout_from, out, encoding, val_fraction, seed, num_proc,
             max_file_bytes, shard_tokens, force):
-    """Turn .py directories (ROOTS), --hf data or --mine'd docstrings into token shards and a manifest.json."""
+    """Turn .py directories (ROOTS), --hf data, --mine'd docstrings or --from-log's accepted completions
+    into token shards and a manifest.json."""
     from ..core.paths import cache_dir
 
-    if sum(map(bool, (roots, hf_source, mine_roots))) != 1:
-        raise GptuiError("give one source: directories of .py files, --hf NAME_OR_FILE, or --mine DIR")
+    if sum(map(bool, (roots, hf_source, mine_roots, from_log))) != 1:
+        raise GptuiError("give one source: directories of .py files, --hf NAME_OR_FILE, --mine DIR or --from-log [DB]")
     if holdout and not mine_roots:
         raise GptuiError("--holdout goes with --mine")
     if holdout_from and not roots:
@@ -69,6 +73,15 @@ def prepare(roots, hf_source, mine_roots, holdout, holdout_from, out, encoding, 
         if hf_source:
             source = {"type": "hf", "name": hf_source}
             ds = load_instructions(hf_source, cache / "datasets")
+        elif from_log:
+            from ..tui.history import db_path
+            from .from_log import log_to_jsonl
+
+            db = db_path() if from_log == "-" else Path(from_log).expanduser()
+            jsonl, counts = log_to_jsonl(db, cache / "prepare")
+            source = {"type": "log", "db": str(db.resolve()), "rows": counts}
+            ds = load_instructions(str(jsonl), cache / "datasets")
+            extra = {"from-log.jsonl": jsonl}
         else:
             held_out = _held_out_hashes(holdout) if holdout else frozenset()
             jsonl, files = mine_to_jsonl(list(mine_roots), cache / "prepare", num_proc, max_file_bytes, held_out)

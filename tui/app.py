@@ -32,6 +32,8 @@ from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
 from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
+from .ghost import Ghost
+from .history import History
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
 from .screens.compare import CompareScreen
 from .screens.dialogs import AskPath, Confirm
@@ -72,8 +74,13 @@ class GptuiApp(App):
 
     def __init__(self, *, text: str, path: Path | None, disk_hash: str | None, open_error: str | None,
                  model: str | None, backend: str | None, catalog: Catalog, settings: Settings,
-                 config_path: Path, warnings: list[str]) -> None:
+                 config_path: Path, warnings: list[str], history: History | None = None) -> None:
         super().__init__()
+        self.log_book = history or History(enabled=False)
+        """Where completions and chat answers are recorded (disabled: records nothing)."""
+        # The completion on show: its ghost, what produced it and its log entry, until the user
+        # accepts, partly accepts or dismisses it.
+        self._logged_ghost: dict | None = None
         self.catalog = catalog
         self.settings = settings
         self.config_path = config_path
@@ -82,12 +89,15 @@ class GptuiApp(App):
         self.engine: Engine | None = None
         self.fim = False  # the engine's model fills in the middle: completions see the code after the cursor
         self._text = text
+        if self.log_book.warning:
+            warnings = [*warnings, self.log_book.warning]
         self._startup_notes = [(w, "warning") for w in warnings] + ([(open_error, "error")] if open_error else [])
         self._first_model = (model or settings.model, backend or settings.backend or DEFAULT_BACKEND)
         self._requests = itertools.count(1)
         self.completion_request = 0  # the completion whose tokens the editor shows
         self.chat_request = 0  # the chat answer streaming now (0: none)
         self.chat_turn: tuple[str, str, Answer, ChatPrompt] | None = None
+        self.chat_params: SamplingParams | None = None  # the sampling of the chat answer streaming now
         self.history: list[Turn] = []
         self.readout = Readout()
         self.last_seed: int | None = None
@@ -162,6 +172,7 @@ class GptuiApp(App):
         repaint is a compositor pass on the UI thread, time the generating thread then waits
         for the GIL."""
         self.editor.paint()
+        self._settle_ghost()
         for answer in list(self._stale_answers):
             if answer.show():
                 self._stale_answers.discard(answer)
@@ -263,7 +274,8 @@ class GptuiApp(App):
             return  # without the suffix, a completion would ignore the code after the cursor
         request = next(self._requests)
         self.completion_request = request
-        self.editor.start_ghost(request)
+        self._settle_ghost(replaced=True)
+        ghost = self.editor.start_ghost(request)
         # Encoding all of a large file is wasted work: only the window's worth is used.
         block_size = self.engine.block_size
         prefix = message.prefix[-block_size * 16 :]
@@ -276,6 +288,9 @@ class GptuiApp(App):
         rest_of_line = message.suffix.split("\n", 1)[0]
         stop_fn = LineStopper(rest_of_line) if message.mid_line else BlockStopper(message.line_prefix)
         params = self.settings.sampling(self.settings.max_tokens, self._seed(), tuple(self.settings.stop))
+        self._logged_ghost = {"ghost": ghost, "prompt": prefix, "params": params, "entry": None, "outcome": None,
+                              "suffix": message.suffix[: block_size * 16] if self.fim else "",
+                              "model": self.engine.model, "backend": self.engine.backend_name}
         self._start_readout("completion", request, len(ids))
         self.run_generation("complete", request, self.engine, ids, params, stop_fn)
 
@@ -337,6 +352,7 @@ class GptuiApp(App):
                 self.editor.add_token(request, event)
             else:
                 self.editor.finish_ghost(request, event)
+                self._log_completion(event)
         elif self.chat_turn is not None:
             answer = self.chat_turn[2]
             if isinstance(event, TokenEvent):
@@ -344,6 +360,42 @@ class GptuiApp(App):
                 self._stale_answers.add(answer)
             else:
                 self._finish_chat(event)
+
+    # ---- the log ----
+
+    def _log_completion(self, done: DoneEvent | None) -> None:
+        """Write the completion on show once it ended (with the user's verdict if already given)."""
+        logged = self._logged_ghost
+        if logged is None or logged["entry"] is not None:
+            return
+        ghost: Ghost = logged["ghost"]
+        logged["entry"] = self.log_book.record(
+            "completion", logged["prompt"], ghost.text, model=logged["model"], backend=logged["backend"],
+            params=logged["params"], done=done, suffix=logged["suffix"], outcome=logged["outcome"],
+            accepted=ghost.text[: ghost.consumed] if logged["outcome"] else None) or -1
+        self._settle_ghost()
+
+    def _settle_ghost(self, replaced: bool = False) -> None:
+        """Once the ghost left the editor, record what the user did with it: accepted (all of
+        it went into the buffer, by Tab or by typing it), partial, or dismissed."""
+        logged = self._logged_ghost
+        if logged is None or not hasattr(self, "editor"):
+            return
+        ghost: Ghost = logged["ghost"]
+        if logged["outcome"] is None and (replaced or self.editor.ghost is not ghost):
+            whole = len(ghost.text.rstrip())
+            logged["outcome"] = ("dismissed" if not ghost.consumed else
+                                 "accepted" if ghost.consumed >= whole else "partial")
+            if logged["entry"] is not None:
+                self.log_book.set_outcome(logged["entry"], logged["outcome"], ghost.text[: ghost.consumed])
+        if replaced and logged["entry"] is None:  # ended without a DoneEvent reaching the UI
+            self._log_completion(None)
+        if logged["outcome"] is not None and logged["entry"] is not None:
+            self._logged_ghost = None
+
+    def on_unmount(self) -> None:
+        self._settle_ghost(replaced=True)
+        self.log_book.close()
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.kind == "chat" and message.request == self.chat_request:
@@ -372,6 +424,7 @@ class GptuiApp(App):
         self.chat_request = request
         self.chat_turn = (message.instruction, selection, answer, prompt)
         params = self.settings.sampling(self.settings.chat_max_tokens, self._seed())
+        self.chat_params = params
         self._start_readout("chat", request, prompt.used)
         self.run_generation("chat", request, self.engine, prompt.ids, params)
 
@@ -388,6 +441,10 @@ class GptuiApp(App):
         self._stale_answers.add(answer)
         if answer.text.strip():
             self.history.append(Turn(instruction, selection, answer.text))
+        kept = done is not None and done.reason != "cancelled" and bool(answer.text.strip())
+        self.log_book.record("chat", instruction, answer.text, model=self.engine.model if self.engine else None,
+                             backend=self.engine.backend_name if self.engine else None, params=self.chat_params,
+                             done=done, context=selection, outcome="kept" if kept else "stopped")
         self.chat.show_meter(prompt, done.tokens if done else 0)
         self.chat_request = 0
         self.chat_turn = None
@@ -529,14 +586,19 @@ def open_source(path: str | Path | None) -> tuple[str, Path | None, str | None, 
 
 
 def create_app(path: str | Path | None = None, model: str | None = None, backend: str | None = None, *,
-               catalog: Catalog | None = None, config_path: Path | None = None) -> GptuiApp:
-    """The one way to build the app: the CLI passes its arguments, tests pass a fake catalog."""
+               catalog: Catalog | None = None, config_path: Path | None = None, log: bool = True,
+               db_path: Path | None = None) -> GptuiApp:
+    """The one way to build the app: the CLI passes its arguments, tests pass a fake catalog.
+    `log` False (`--no-log`) or `[log] enabled = false` keeps no history; `db_path` overrides
+    where it goes."""
     config_path = config_path or settings_path()
     settings, warnings = load_settings(config_path)
     text, path, disk_hash, error = open_source(path)
+    history = History(db_path, enabled=log and settings.log_enabled, source="app")
     return GptuiApp(text=text, path=path, disk_hash=disk_hash, open_error=error, model=model, backend=backend,
-                    catalog=catalog or Catalog(), settings=settings, config_path=config_path, warnings=warnings)
+                    catalog=catalog or Catalog(), settings=settings, config_path=config_path, warnings=warnings,
+                    history=history)
 
 
-def run_app(path: str | None = None, model: str | None = None, backend: str | None = None) -> None:
-    create_app(path, model, backend).run()
+def run_app(path: str | None = None, model: str | None = None, backend: str | None = None, log: bool = True) -> None:
+    create_app(path, model, backend, log=log).run()

@@ -36,6 +36,7 @@ def main():
     gptui models                list models
     gptui tokenize FILE         show token boundaries
     gptui serve                 OpenAI-compatible HTTP API on 127.0.0.1:8080
+    gptui logs                  the last completions and chat answers
     """
 
 
@@ -59,16 +60,19 @@ def main():
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
               help="jsonl: one event per token with its log-prob and timing.")
 @click.option("-i", "--instruct", is_flag=True, help="Wrap the prompt in the instruction template (chat).")
+@click.option("--no-log", is_flag=True, envvar="GPTUI_NO_LOG",
+              help="Keep no record of this run (see `gptui logs`; or [log] enabled = false in the settings).")
 @fail_cleanly
 def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram,
-             stop_repeats, seed, stop, stats, fmt, instruct):
+             stop_repeats, seed, stop, stats, fmt, instruct, no_log):
     """Complete PROMPT (after stdin, when piped) and print the continuation."""
     from .filter import read_prompt, run_filter
 
     stdin_piped = not sys.stdin.isatty()
     if not stdin_piped and (prompt is None or Path(prompt).suffix == ".py" and Path(prompt).is_file()):
-        return open_app(prompt, model, backend)
-    from .settings import CHAT_NO_REPEAT_NGRAM, CHAT_STOP_REPEATS
+        return open_app(prompt, model, backend, log=not no_log)
+    from .history import History
+    from .settings import CHAT_NO_REPEAT_NGRAM, CHAT_STOP_REPEATS, load_settings
 
     # Greedy answers to instructions loop; plain completion keeps the model's own distribution.
     if no_repeat_ngram is None:
@@ -79,10 +83,15 @@ def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repe
                             seed=seed, max_tokens=max_tokens, stop=tuple(stop), no_repeat_ngram=no_repeat_ngram,
                             stop_repeats=stop_repeats)
     text = read_prompt(prompt, sys.stdin if stdin_piped else None)
-    run_filter(text, model, backend, params, sys.stdout, sys.stderr, fmt=fmt, stats=stats, instruct=instruct)
+    history = History(enabled=not no_log and load_settings()[0].log_enabled, source="cli")
+    try:
+        run_filter(text, model, backend, params, sys.stdout, sys.stderr, fmt=fmt, stats=stats, instruct=instruct,
+                   history=history)
+    finally:
+        history.close()
 
 
-def open_app(path, model, backend):
+def open_app(path, model, backend, log=True):
     if not sys.stdout.isatty():
         raise GptuiError("no prompt given and stdout is not a terminal: pass a prompt or pipe one on stdin")
     from click.core import ParameterSource
@@ -93,7 +102,7 @@ def open_app(path, model, backend):
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.get_parameter_source("backend") is ParameterSource.DEFAULT:
         backend = None
-    run_app(path=path, model=model, backend=backend)
+    run_app(path=path, model=model, backend=backend, log=log)
 
 
 @main.command()
@@ -125,6 +134,41 @@ def tokenize(files, encoding, count):
     from .tokens_view import show_tokens
 
     show_tokens(files or ("-",), encoding, count, sys.stdout)
+
+
+@main.group(invoke_without_command=True)
+@click.option("-n", "--count", type=click.IntRange(0), default=10, show_default=True, help="Entries to show; 0 for all.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of entries with every field.")
+@click.option("-m", "--model", help="Only this model's entries.")
+@click.pass_context
+@fail_cleanly
+def logs(ctx, count, as_json, model):
+    """The last completions and chat answers, oldest first (`gptui logs path`: where they are)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from .history import db_path, describe, recent
+
+    path = db_path()
+    if not path.exists():
+        click.echo(f"no log yet ({path})", err=True)
+        entries = []
+    else:
+        entries = recent(path, count, model)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, ensure_ascii=False))
+        return
+    for entry in entries:
+        click.echo(describe(entry))
+
+
+@logs.command("path")
+def logs_path():
+    """Print where the log database is ($GPTUI_DB, else gptui.db in the data folder)."""
+    from .history import db_path
+
+    click.echo(str(db_path()))
 
 
 from .bench import bench  # noqa: E402

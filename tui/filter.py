@@ -58,7 +58,9 @@ def run_filter(
     fmt: str = "text",
     stats: bool = False,
     instruct: bool = False,
+    history=None,
 ) -> DoneEvent:
+    """`history` (a tui.history.History): where the finished generation is logged, if anywhere."""
     folder = resolve(model)
     try:
         _config, encoding_name, _ = read_config(folder)
@@ -66,11 +68,14 @@ def run_filter(
         backend = load_backend(backend_name, folder)
     except GptuiError as e:
         raise restore_hint(folder, e) from None
+    asked = prompt
     if instruct:
         prompt = format_prompt(prompt)
     ids = encode(encoding, prompt)
     done = None
+    pieces = []
     for event in generate(backend, encoding, ids, params):
+        pieces.append(event.text)
         if isinstance(event, DoneEvent):
             done = event
             if fmt == "jsonl":
@@ -85,4 +90,11 @@ def run_filter(
         out.flush()
     if stats and done is not None:
         err.write(stats_line(done, backend.name) + "\n")
+    if history is not None and done is not None:
+        text = "".join(pieces)
+        text = text[: len(text) - done.retract] if done.retract else text
+        history.record("chat" if instruct else "completion", asked, text, model=folder.name, backend=backend.name,
+                       params=params, done=done)
+        if history.warning:
+            err.write(f"warning: {history.warning}\n")
     return done

@@ -19,6 +19,9 @@ stop = ["\nif __name__"] # extra stop strings for completions
 name = "gptui-small"     # remembered from the model picker
 backend = "torch-fp32"
 
+[log]
+enabled = false          # keep no record of completions and chat answers (see `gptui logs`)
+
 [keys]                   # binding id = keys (see F1 for every id)
 "editor.accept" = "tab,right"
 ```
@@ -51,8 +54,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                  "stop_repeats"),
     "editor": ("debounce_ms", "stop"),
     "model": ("model", "backend"),
+    "log": ("log_enabled",),
 }
-_FILE_NAMES = {"model": "name"}  # fields whose key in the file differs from the attribute
+_FILE_NAMES = {"model": "name", "log_enabled": "enabled"}  # fields whose key in the file differs from the attribute
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Settings:
     model: str | None = None  # last model picked (name or folder)
     backend: str | None = None  # last backend picked
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. "tab,right"
+    log_enabled: bool = True  # record completions and chat answers in the history database
 
     def validate(self) -> None:
         """Raise GptuiError naming the first bad value."""
@@ -132,6 +137,8 @@ class Settings:
 
 
 def _fits(value, type_name: str) -> bool:
+    if type_name == "bool":
+        return isinstance(value, bool)
     if type_name == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if type_name in ("int", "int | None"):

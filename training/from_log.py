@@ -1,0 +1,36 @@
+"""`prepare --from-log`: what the user accepted in the app, as SFT examples in prepare_sft's schema.
+
+Accepted (or partly accepted) ghost-text completions become completion rows (prompt: the code
+before the cursor, output: the part that went into the buffer); kept chat answers become
+instruction rows (instruction, input: the selection sent with it, output: the answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from ..core.errors import GptuiError
+
+
+def log_to_jsonl(db: Path, cache: Path) -> tuple[Path, dict]:
+    """Write the log's training rows to a JSONL file under cache (named by its content, so an
+    unchanged log reuses the prepared output). Returns (path, counts by shape)."""
+    from ..tui.history import training_rows
+
+    if not db.exists():
+        raise GptuiError(f"{db}: no such log database (see `gptui logs path`)")
+    rows = training_rows(db)
+    if not rows:
+        raise GptuiError(f"{db}: no accepted completions or kept chat answers to learn from yet")
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"from-log-{hashlib.sha256(data).hexdigest()[:24]}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".partial")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    counts = Counter("completion" if r["prompt"] else "chat" for r in rows)
+    return path, dict(counts)
