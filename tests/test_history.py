@@ -233,3 +233,25 @@ async def test_no_log_and_a_corrupted_database_in_the_app(tmp_path, log_db):
         await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.done is not None)
         await pilot.press("tab")
         assert app.editor.text.endswith("return a + b")
+
+
+def test_a_writer_killed_mid_write_leaves_a_usable_database(log_db):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from gptui.tui.history import History\nh = History()\nprint('ready', flush=True)\n"
+            "while True:\n    h.record('chat', 'q', 'a' * 1000, model='m', backend='b', outcome='kept')\n")
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=os.environ.copy())
+    assert writer.stdout.readline().strip() == b"ready"
+    time.sleep(0.3)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    history = History(log_db)
+    assert history.enabled and history.warning is None
+    assert sqlite3.connect(log_db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    before = len(recent(log_db, 0))
+    assert before > 0 and history.record("chat", "q", "a", model="m", backend="b") is not None
+    assert len(recent(log_db, 0)) == before + 1
