@@ -18,6 +18,8 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(var, str(base / var.lower()))
     monkeypatch.delenv("GPTUI_MODEL", raising=False)
     monkeypatch.delenv("GPTUI_BACKEND", raising=False)
+    monkeypatch.delenv("GPTUI_DB", raising=False)  # the history log goes to the per-test data dir
+    monkeypatch.delenv("GPTUI_NO_LOG", raising=False)
 
 
 def make_tiny(seed: int = 0, encoding: str = "gpt2-code", **overrides) -> GPT:
