@@ -102,6 +102,20 @@ def restore_hint(folder: Path, error: GptuiError) -> GptuiError:
                       "or `pip install --force-reinstall gptui`")
 
 
+def open_for_generation(name_or_path: str | None, backend_name: str):
+    """(folder, encoding, backend, config metadata) of a model loaded to generate with; a damaged
+    shipped model's error says how to restore it."""
+    from .backends import load_backend
+    from .tokenizer import get_encoding
+
+    folder = resolve(name_or_path)
+    try:
+        _config, encoding_name, meta = read_config(folder)
+        return folder, get_encoding(encoding_name), load_backend(backend_name, folder), meta
+    except GptuiError as e:
+        raise restore_hint(folder, e) from None
+
+
 def resolve(name_or_path: str | None) -> Path:
     """A model folder from a name (user models first, then shipped) or a path."""
     name = name_or_path or default_model_name()

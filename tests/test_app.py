@@ -137,6 +137,12 @@ async def test_a_mid_file_completion_sends_the_suffix_only_to_a_fim_model(tmp_pa
         assert app.editor.ghost.visible == "b"
 
 
+
+def cursor_line_shown(app) -> str:
+    """The cursor's line as the editor draws it (ghost text included)."""
+    row = app.editor.cursor_location[0] - app.editor.scroll_offset[1]
+    return "".join(segment.text for segment in app.editor.render_line(row))
+
 @sync
 async def test_mid_line_ghost_sits_at_the_cursor_and_tab_inserts_it_there(tmp_path):
     (tmp_path / "f.py").write_text(MID_FILE)
@@ -148,9 +154,7 @@ async def test_mid_line_ghost_sits_at_the_cursor_and_tab_inserts_it_there(tmp_pa
         await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.done is not None)
         assert app.editor.ghost.visible == "2"  # the code after the cursor ends the line: so does the ghost
         assert app.readout.state == "stopped: end of line"
-        row = app.editor.cursor_location[0] - app.editor.scroll_offset[1]
-        shown = "".join(segment.text for segment in app.editor.render_line(row))
-        assert "print(add(1, 2))" in shown  # drawn at the cursor, the rest of the line after it
+        assert "print(add(1, 2))" in cursor_line_shown(app)  # drawn at the cursor, the rest of the line after it
         assert app.editor.text == MID_FILE
         await pilot.press("tab")
         assert app.editor.text == MID_FILE.replace("(1, )", "(1, 2)")
@@ -168,8 +172,7 @@ async def test_escape_dismisses_a_mid_line_ghost(tmp_path):
         await pilot.press("escape")
         assert app.editor.ghost is None
         assert app.editor.text == MID_FILE
-        row = app.editor.cursor_location[0] - app.editor.scroll_offset[1]
-        assert "print(add(1, ))" in "".join(segment.text for segment in app.editor.render_line(row))
+        assert "print(add(1, ))" in cursor_line_shown(app)
 
 
 @sync

@@ -7,14 +7,12 @@ import json
 import sys
 from typing import TextIO
 
-from ..core.backends import load_backend
-from ..core.checkpoint import read_config
 from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, generate
 from ..core.prompt import format_prompt
-from ..core.registry import resolve, restore_hint
+from ..core.registry import open_for_generation
 from ..core.sampling import SamplingParams
-from ..core.tokenizer import encode, get_encoding
+from ..core.tokenizer import encode
 
 
 def read_prompt(argument: str | None, stdin: TextIO | None) -> str:
@@ -61,13 +59,7 @@ def run_filter(
     history=None,
 ) -> DoneEvent:
     """`history` (a tui.history.History): where the finished generation is logged, if anywhere."""
-    folder = resolve(model)
-    try:
-        _config, encoding_name, _ = read_config(folder)
-        encoding = get_encoding(encoding_name)
-        backend = load_backend(backend_name, folder)
-    except GptuiError as e:
-        raise restore_hint(folder, e) from None
+    folder, encoding, backend, _ = open_for_generation(model, backend_name)
     asked = prompt
     if instruct:
         prompt = format_prompt(prompt)

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import tiktoken
 from starlette.applications import Starlette
@@ -29,14 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..core.backends import load_backend
 from ..core.backends.base import Backend
-from ..core.checkpoint import read_config
-from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent, generate
-from ..core.registry import resolve, restore_hint
+from ..core.registry import open_for_generation
 from ..core.sampling import SamplingParams
-from ..core.tokenizer import get_encoding
 from .api_requests import (
     CHAT_NO_REPEAT_NGRAM,
     MAX_LOGPROBS,
@@ -72,14 +67,8 @@ class ServedModel:
 
     @classmethod
     def load(cls, model: str | None, backend_name: str) -> ServedModel:
-        folder = resolve(model)
-        try:
-            _config, encoding_name, meta = read_config(folder)
-            encoding = get_encoding(encoding_name)
-            backend = load_backend(backend_name, folder)
-        except GptuiError as e:
-            raise restore_hint(folder, e) from None
-        return cls(Path(folder).name, backend, encoding, supports_fim(meta, encoding), int((Path(folder) / "config.json").stat().st_mtime))
+        folder, encoding, backend, meta = open_for_generation(model, backend_name)
+        return cls(folder.name, backend, encoding, supports_fim(meta, encoding), int((folder / "config.json").stat().st_mtime))
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gptui",
