@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# gptui-code's training pipeline on a lent GPU machine (bench/NOTES.md, session 9), one stage per
+# gptui-code's training pipeline on a lent GPU machine (bench/NOTES.md, sessions 9-10), one stage per
 # device call, everything under runs/ (kept between the calls of one lease):
-#   upload      (optional) copy .carry/up/sp.* (pieces of a tar of the model to continue from,
-#               at most 64 MiB a call) into runs/up/; repeat with the next pieces
-#   prep SECS   setup, unpack .carry/corpus.tar.xz + .carry/exercism.tar.xz, prepare the code
-#               (held-out files fixed by exports/corpus.json), mine SFT pairs in the background,
-#               pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code)
+#   upload      copy .carry/up/*/sp.* (pieces of a tar of the model to continue from; each call
+#               carries one .carry/up/N, so nothing is swapped between calls) into runs/up/
+#   prep SECS   setup, take any pieces carried with it, unpack the tar of the pieces into
+#               runs/init when INIT is set, unpack .carry/corpus.tar.xz + .carry/exercism.tar.xz,
+#               prepare the code (held-out files fixed by exports/corpus.json), mine SFT pairs in
+#               the background, pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code)
 #   train2 SECS resume, lengthened to what SECS holds; the WSD decay lands at the end
-#   finish      SFT (SFT_MIX=1: replay code windows), evals, greedy funceval, fp16 shards of the
-#               SFT model (and of the base with SHIP_BASE=1) cut into 16 MB pieces under runs/
+#   finish      SFT (SFT_MIX=1: replay code windows), blends of base and SFT weights
+#               (bench/sft_blend.py), evals, greedy funceval of each, fp16 shards of the pick
+#               (and of the base with SHIP_BASE=1) cut into 16.7 MB pieces, the first three in $OUT
 #   chunk A B.. copy those pieces to $OUT (four per call: 16 MiB a file, 64 MiB a call)
+#   passk       pass@5 of the shipped pick (sampled, temperature 0.6)
 # Local dry run: TINY=1 SRCS="dir ..." (tiny preset, CPU).
 set -uo pipefail
 stage=$1; shift || true
@@ -17,16 +20,16 @@ R=runs; mkdir -p $R; OUT=${OUT:-$R/out}; mkdir -p $OUT
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false; GT="python3 -m gptui.training"
 log() { echo "[$(date +%T)] $*" | tee -a $R/pipeline.log; }
 if [ -n "${TINY:-}" ]; then
-  SRCS=${SRCS:?}; MINE=$SRCS; PRESET=tiny; MB=4; BT=1024; EXTRA="--device cpu --eval-every 5 --save-every 5 --eval-tokens 2048"; NPROC=2
+  SRCS=${SRCS:?}; MINE=$SRCS; PRESET=tiny; MB=4; BT=1024; EXTRA="--device cpu --eval-every 5 --save-every 5 --eval-tokens 2048"; NPROC=2; HOLD=""
   SFT_ARGS="--steps 6 --batch-tokens 512 --micro-batch 2 --device cpu --eval-every 3 --save-every 6 --eval-tokens 2048"
 else
   SRCS="/usr/lib/python3.12 /opt/torch/.venv/lib/python3.12/site-packages $R/src/gathered"; PRESET=gpt2
   MINE="/usr/lib/python3.12 $R/src/gathered $R/src/exercism"; MB=128; BT=262144
-  EXTRA="--eval-every 250 --save-every 500 --log-every 10"; NPROC=16
-  SFT_ARGS="--steps 600 --batch-tokens 65536 --micro-batch 64 --lr 2e-4 --warmup 30 --eval-every 150 --save-every 600 --log-every 10"
+  EXTRA="--eval-every 250 --save-every 500 --log-every 10"; NPROC=16; HOLD="--holdout-from exports/corpus.json"
+  SFT_ARGS=${SFT_ARGS:-"--steps 300 --batch-tokens 65536 --micro-batch 64 --lr 1e-4 --warmup 20 --eval-every 100 --save-every 300 --log-every 10"}
 fi
 if [ -n "${INIT:-}" ]; then FROM="--init $INIT"; else FROM="--preset $PRESET"; fi
-PRE="--data $R/data/code $FROM --out $R/base --schedule wsd --decay-frac 0.25 --lr 1.5e-3 --warmup 150 --batch-tokens $BT --micro-batch $MB"
+PRE="--data $R/data/code $FROM --out $R/base --schedule wsd --decay-frac 0.25 --lr ${LR:-1.5e-3} --warmup ${WARMUP:-150} --batch-tokens $BT --micro-batch $MB"
 
 setup() {
   if [ -z "${TINY:-}" ]; then
@@ -39,15 +42,18 @@ setup() {
 
 case $stage in
 upload)
-  mkdir -p $R/up && cp .carry/up/sp.* $R/up/ && ls $R/up
-  if [ -n "${ASSEMBLE:-}" ]; then mkdir -p $R/init && cat $R/up/sp.* | tar -x -C $R/init && ls $R/init; fi
+  mkdir -p $R/up && cp .carry/up/*/sp.* $R/up/ && ls -l $R/up
   ;;
 prep)  # and pretrain part 1: the SFT data is mined on the CPUs while the GPU trains
   setup; secs=${1:?seconds}; t0=$(date +%s)
   if [ -z "${TINY:-}" ]; then
+    if [ -n "${INIT:-}" ]; then
+      mkdir -p $R/up $R/init && { cp .carry/up/*/sp.* $R/up/ 2>/dev/null; cat $R/up/sp.* | tee >(sha256sum >&2) | tar -x -C $R/init; } || exit 1
+      ls $R/init
+    fi
     mkdir -p $R/src/gathered $R/src/exercism && tar -xJf .carry/corpus.tar.xz -C $R/src/gathered && tar -xJf .carry/exercism.tar.xz -C $R/src/exercism || exit 1
   fi
-  log "prepare code"; $GT prepare $SRCS --out $R/data/code --num-proc $NPROC --holdout-from ${HOLDOUT:-exports/corpus.json} || exit 1
+  log "prepare code"; $GT prepare $SRCS --out $R/data/code --num-proc $NPROC $HOLD || exit 1
   cp $R/data/code/manifest.json $OUT/code-manifest.json
   log "prepare sft (background)"
   ($GT prepare $(for s in $MINE; do echo --mine $s; done) --holdout $R/data/code --out $R/data/sft --num-proc 8 > $R/sft-prepare.log 2>&1; echo "sft prepare rc $?" >> $R/sft-prepare.log) &
@@ -73,21 +79,24 @@ PY
   cp $R/base/metrics.jsonl $OUT/base-metrics.jsonl
   ;;
 finish)
-  setup
+  setup; E=$R/evals; mkdir -p $E
   MIX=""; [ -n "${SFT_MIX:-}" ] && MIX="--mix-data $R/data/code --mix-rate 0.25"
   log "sft"; $GT sft --init $R/base/latest --data $R/data/sft --out $R/sft $SFT_ARGS $MIX || exit 1
-  for m in base/latest sft/latest; do
-    log "eval $m"; $GT eval $R/$m --data $R/data/code --split val --json > $OUT/eval-${m%%/*}.json
+  ln -sfn base/latest $R/m-base; ln -sfn sft/latest $R/m-sft
+  for a in ${BLENDS:-0.5 0.75}; do
+    log "blend $a"; python3 bench/sft_blend.py blend $R/base/latest $R/sft/latest $a $R/m-blend$a || exit 1
   done
-  for s in exports/gptui-small .carry/small; do
-    [ -f $s/config.json ] && { log "eval $s"; $GT eval $s --data $R/data/code --split val --json > $OUT/eval-small.json; }
+  names="base sft $(for a in ${BLENDS:-0.5 0.75}; do echo blend$a; done)"
+  [ -f $R/init/gptui-code/config.json ] && ln -sfn init/gptui-code $R/m-init && names="$names init"
+  for n in $names; do
+    log "eval $n"; $GT eval $R/m-$n --data $R/data/code --split val --json > $E/eval-$n.json
+    [ $n = init ] && continue
+    log "funceval $n"; $GT funceval $R/m-$n --backend ${FE_BACKEND:-cuda} --samples 0 --json > $E/funceval-$n.json
+    python3 -c "import json; d=json.load(open('$E/funceval-$n.json')); print('$n', {k: v for k, v in d.items() if k != 'tasks'})" | head -c 600
   done
-  for m in $([ -z "${TINY:-}" ] && echo sft base); do
-    log "funceval $m"; $GT funceval $R/$m/latest --backend ${FE_BACKEND:-cuda} --samples 0 --json > $R/funceval-$m.json
-    python3 -c "import json,sys; d=json.load(open('$R/funceval-$m.json')); print('$m', {k: v for k, v in d.items() if k != 'tasks'})" | head -c 600
-  done
-  log "fp16 shards"
-  [ -n "${SHIP_BASE:-}" ] && python3 - $R/base/latest $R/ship/gptui-code-base <<'PY'
+  pick=$(python3 bench/sft_blend.py pick $E ${names% init}) || exit 1; log "pick $pick"; echo $pick > $E/pick
+  ship() {  # checkpoint folder -> fp16 shards
+    python3 - "$1" "$2" <<'PY'
 import sys, torch
 from gptui.core.checkpoint import load_model, read_config, read_card, save_checkpoint
 from gptui.training.export import MAX_SHARD_BYTES
@@ -95,16 +104,18 @@ model, enc = load_model(sys.argv[1]); _, _, meta = read_config(sys.argv[1])
 save_checkpoint(sys.argv[2], model, enc, provenance=meta.get("provenance", {}), card=read_card(sys.argv[1]),
                 dtype=torch.float16, max_shard_bytes=MAX_SHARD_BYTES)
 PY
-  python3 - $R/sft/latest $R/ship/gptui-code <<'PY'
-import sys, torch
-from gptui.core.checkpoint import load_model, read_config, read_card, save_checkpoint
-from gptui.training.export import MAX_SHARD_BYTES
-model, enc = load_model(sys.argv[1]); _, _, meta = read_config(sys.argv[1])
-save_checkpoint(sys.argv[2], model, enc, provenance=meta.get("provenance", {}), card=read_card(sys.argv[1]),
-                dtype=torch.float16, max_shard_bytes=MAX_SHARD_BYTES)
-PY
-  (cd $R/ship && tar -cf ../ship.tar gptui-code*) && (cd $R && rm -f sp.* && split -b 16000000 -d -a 2 ship.tar sp. && sha256sum ship.tar && ls sp.*)
-  tar -czf $OUT/misc.tgz $R/sft/metrics.jsonl $R/base/metrics.jsonl $R/base/run.json $R/sft/run.json $R/funceval-*.json $R/pipeline.log $R/data/code/val-*.npy $R/data/code/manifest.json
+  }
+  log "fp16 shards"; rm -rf $R/ship; mkdir -p $R/ship
+  [ -n "${SHIP_BASE:-}" ] && ship $R/m-base $R/ship/gptui-code-base
+  ship $R/m-$pick $R/ship/gptui-code
+  (cd $R/ship && tar -cf ../ship.tar gptui-code*) && (cd $R && rm -f sp.* && split -b 16700000 -d -a 2 ship.tar sp. && sha256sum ship.tar | tee evals/ship.sha256 && ls sp.*)
+  for p in 00 01 02; do [ -f $R/sp.$p ] && cp $R/sp.$p $OUT/; done
+  tar -czf $OUT/misc.tgz $R/sft/metrics.jsonl $R/base/metrics.jsonl $R/base/run.json $R/sft/run.json $E $R/pipeline.log $R/data/code/val-*.npy $R/data/code/manifest.json $R/data/sft/manifest.json
+  ;;
+passk)
+  setup; log "pass@5"
+  timeout ${1:-240} $GT funceval $R/m-$(cat $R/evals/pick) --backend cuda --samples 5 --temperature 0.6 --no-greedy --json > $OUT/passk.json
+  python3 -c "import json; d=json.load(open('$OUT/passk.json')); print({k: v for k, v in d.items() if k != 'tasks'})" | head -c 600
   ;;
 chunk)
   for n in "$@"; do cp $R/sp.$n $OUT/; done; ls -la $OUT
