@@ -59,7 +59,7 @@ prep)  # and pretrain part 1: the SFT data is mined on the CPUs while the GPU tr
   ($GT prepare $(for s in $MINE; do echo --mine $s; done) --holdout $R/data/code --out $R/data/sft --num-proc 8 > $R/sft-prepare.log 2>&1; echo "sft prepare rc $?" >> $R/sft-prepare.log) &
   left=$(( secs - ($(date +%s) - t0) ))
   log "pretrain part 1 ($left s)"
-  timeout -s INT -k 90 $left $GT pretrain $PRE --steps 100000 $EXTRA; log "rc $?"
+  timeout -s INT -k 90 $left $GT pretrain $PRE --steps ${STEPS:-100000} $EXTRA; log "rc $?"
   wait; tail -3 $R/sft-prepare.log
   cp $R/base/metrics.jsonl $OUT/base-metrics.jsonl; cp $R/data/sft/manifest.json $OUT/sft-manifest.json
   ;;
