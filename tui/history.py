@@ -77,9 +77,9 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")  # in WAL: durable against a killed process
-            _migrate(conn, path)
+            _retry_busy(lambda: _migrate(conn, path))
         else:
             _check_version(conn, path)
     except sqlite3.DatabaseError as e:
@@ -89,6 +89,20 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _retry_busy(step):
+    """Run step, retrying while another process holds the lock. Switching a new file to WAL (and
+    the first migration) can fail with "database is locked" at once, without waiting on the busy
+    timeout, when several processes open the same new database together."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _version(conn: sqlite3.Connection) -> int:
