@@ -11,6 +11,9 @@
 #   finish      SFT (SFT_MIX=1: replay code windows), blends of base and SFT weights
 #               (bench/sft_blend.py), evals, greedy funceval of each, fp16 shards of the pick
 #               (and of the base with SHIP_BASE=1) cut into 16.7 MB pieces, the first three in $OUT
+#   stash       fp16 shards of the pretrained base in pieces, the first three in $OUT (then chunk
+#               calls): bring the base home before SFT, so a machine lost between calls costs only
+#               the SFT stage (session 11 lost a 6% better base that way)
 #   chunk A B.. copy those pieces to $OUT (four per call: 16 MiB a file, 64 MiB a call)
 #   passk       pass@5 of the shipped pick (sampled, temperature 0.6)
 # Local dry run: TINY=1 SRCS="dir ..." (tiny preset, CPU).
@@ -38,6 +41,21 @@ setup() {
     python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || { echo "install failed"; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   fi
+}
+
+ship() {  # checkpoint folder -> fp16 shards
+  python3 - "$1" "$2" <<'PY'
+import sys, torch
+from gptui.core.checkpoint import load_model, read_config, read_card, save_checkpoint
+from gptui.training.export import MAX_SHARD_BYTES
+model, enc = load_model(sys.argv[1]); _, _, meta = read_config(sys.argv[1])
+save_checkpoint(sys.argv[2], model, enc, provenance=meta.get("provenance", {}), card=read_card(sys.argv[1]),
+              dtype=torch.float16, max_shard_bytes=MAX_SHARD_BYTES)
+PY
+}
+cut() {  # folders under $R/ship -> $R/ship.tar in 16.7 MB pieces $R/sp.NN, the first three in $OUT
+  (cd $R/ship && tar -cf ../ship.tar "$@") && (cd $R && rm -f sp.* && split -b 16700000 -d -a 2 ship.tar sp. && mkdir -p evals && sha256sum ship.tar | tee evals/ship.sha256 && ls sp.*) || exit 1
+  for p in 00 01 02; do [ -f $R/sp.$p ] && cp $R/sp.$p $OUT/; done
 }
 
 case $stage in
@@ -95,22 +113,15 @@ finish)
     python3 -c "import json; d=json.load(open('$E/funceval-$n.json')); print('$n', {k: v for k, v in d.items() if k != 'tasks'})" | head -c 600
   done
   pick=$(python3 bench/sft_blend.py pick $E ${names% init}) || exit 1; log "pick $pick"; echo $pick > $E/pick
-  ship() {  # checkpoint folder -> fp16 shards
-    python3 - "$1" "$2" <<'PY'
-import sys, torch
-from gptui.core.checkpoint import load_model, read_config, read_card, save_checkpoint
-from gptui.training.export import MAX_SHARD_BYTES
-model, enc = load_model(sys.argv[1]); _, _, meta = read_config(sys.argv[1])
-save_checkpoint(sys.argv[2], model, enc, provenance=meta.get("provenance", {}), card=read_card(sys.argv[1]),
-                dtype=torch.float16, max_shard_bytes=MAX_SHARD_BYTES)
-PY
-  }
   log "fp16 shards"; rm -rf $R/ship; mkdir -p $R/ship
   [ -n "${SHIP_BASE:-}" ] && ship $R/m-base $R/ship/gptui-code-base
   ship $R/m-$pick $R/ship/gptui-code
-  (cd $R/ship && tar -cf ../ship.tar gptui-code*) && (cd $R && rm -f sp.* && split -b 16700000 -d -a 2 ship.tar sp. && sha256sum ship.tar | tee evals/ship.sha256 && ls sp.*)
-  for p in 00 01 02; do [ -f $R/sp.$p ] && cp $R/sp.$p $OUT/; done
+  cut gptui-code*
   tar -czf $OUT/misc.tgz $R/sft/metrics.jsonl $R/base/metrics.jsonl $R/base/run.json $R/sft/run.json $E $R/pipeline.log $R/data/code/val-*.npy $R/data/code/manifest.json $R/data/sft/manifest.json
+  ;;
+stash)  # the pretrained base, fp16, in pieces (then chunk calls): what a lost machine would take with it
+  setup; log "stash base"; rm -rf $R/ship; mkdir -p $R/ship; ship $R/base/latest $R/ship/gptui-code; cut gptui-code
+  cp $R/base/metrics.jsonl $R/base/run.json $OUT/
   ;;
 passk)
   setup; log "pass@5"
