@@ -8,6 +8,7 @@
 #               prepare the code (held-out files fixed by exports/corpus.json), mine SFT pairs in
 #               the background, pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code)
 #   train2 SECS resume, lengthened to what SECS holds; the WSD decay lands at the end
+#               (STASH=1: then the stash stage in the same call; leave ~40 s of SECS for it)
 #   finish      SFT (SFT_MIX=1: replay code windows), blends of base and SFT weights
 #               (bench/sft_blend.py), evals, greedy funceval of each, fp16 shards of the pick
 #               (and of the base with SHIP_BASE=1) cut into 16.7 MB pieces, the first three in $OUT
@@ -58,6 +59,11 @@ cut() {  # folders under $R/ship -> $R/ship.tar in 16.7 MB pieces $R/sp.NN, the 
   for p in 00 01 02; do [ -f $R/sp.$p ] && cp $R/sp.$p $OUT/; done
 }
 
+stash() {
+  log "stash base"; rm -rf $R/ship; mkdir -p $R/ship; ship $R/base/latest $R/ship/gptui-code; cut gptui-code
+  cp $R/base/metrics.jsonl $R/base/run.json $OUT/
+}
+
 case $stage in
 upload)
   mkdir -p $R/up && cp .carry/up/*/sp.* $R/up/ && ls -l $R/up
@@ -95,6 +101,7 @@ PY
   log "pretrain part 2 to step $total"
   timeout -s INT -k 90 $secs $GT pretrain --out $R/base --resume --steps $total; log "rc $?"
   cp $R/base/metrics.jsonl $OUT/base-metrics.jsonl
+  [ -n "${STASH:-}" ] && stash
   ;;
 finish)
   setup; E=$R/evals; mkdir -p $E
@@ -120,8 +127,7 @@ finish)
   tar -czf $OUT/misc.tgz $R/sft/metrics.jsonl $R/base/metrics.jsonl $R/base/run.json $R/sft/run.json $E $R/pipeline.log $R/data/code/val-*.npy $R/data/code/manifest.json $R/data/sft/manifest.json
   ;;
 stash)  # the pretrained base, fp16, in pieces (then chunk calls): what a lost machine would take with it
-  setup; log "stash base"; rm -rf $R/ship; mkdir -p $R/ship; ship $R/base/latest $R/ship/gptui-code; cut gptui-code
-  cp $R/base/metrics.jsonl $R/base/run.json $OUT/
+  setup; stash
   ;;
 passk)
   setup; log "pass@5"
