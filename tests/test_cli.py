@@ -171,3 +171,26 @@ def test_a_backend_error_on_a_whole_shipped_model_does_not_call_it_damaged(tiny_
     result = invoke(["--model", "gptui-small", "--backend", "onnx-int8", "x"])
     assert_one_line_error(result, "onnxruntime is not installed")
     assert "damaged" not in result.stderr
+
+
+def complete_words(line: str) -> list[tuple[str, str]]:
+    """What bash completion offers for the last word of `line` (click's bash_complete protocol)."""
+    words = line.split(" ")
+    env = {"_GPTUI_COMPLETE": "bash_complete", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+    result = CliRunner().invoke(main, [], prog_name="gptui", env=env)
+    assert result.exit_code == 0, result.output
+    return [tuple(item.split(",", 1)) for item in result.stdout.splitlines()]
+
+
+def test_tab_completes_subcommands_and_files_for_the_first_word():
+    offered = complete_words("gptui ")
+    assert {("plain", "models"), ("plain", "serve"), ("plain", "logs")} <= set(offered)
+    assert ("file", "") in offered
+    assert complete_words("gptui mo") == [("plain", "models"), ("file", "mo")]
+
+
+def test_tab_completes_backends_and_models():
+    assert complete_words("gptui -b onnx") == [("plain", "onnx-fp32"), ("plain", "onnx-int8")]
+    assert complete_words("gptui serve --backend torch-i") == [("plain", "torch-int8")]
+    models = {name for _, name in complete_words("gptui -m ")}
+    assert "gptui-small" in models

@@ -13,9 +13,11 @@ from click.testing import CliRunner
 from gptui.core.backends.base import Backend
 from gptui.core.errors import GptuiError
 from gptui.core.tokenizer import encode, get_encoding
+from gptui.training import functional
 from gptui.training.cli import main as train_cli
 from gptui.training.functional import (TASKS_FILE, Task, _no_network_prefix, check_tasks, end_of_function, evaluate,
                                        evaluate_tasks, find_problems, load_tasks, pass_at_k, run_program)
+from gptui.training.metrics import memory_gb
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -304,3 +306,12 @@ def test_funceval_cli_bad_input_is_one_line_and_exit_1(tiny_model_dir, extra, me
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_without_resource_limits_candidates_still_run_and_it_says_so_once(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: `import resource` fails
+    monkeypatch.setattr(functional, "_warned_no_limits", False)
+    assert functional.run_program("assert 1 + 1 == 2", guard=False)
+    assert not functional.run_program("assert 1 + 1 == 3", guard=False)
+    assert capsys.readouterr().err.count("no resource limits") == 1
+    assert memory_gb(torch.device("cpu")) == 0.0

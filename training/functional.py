@@ -21,7 +21,6 @@ import ast
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -160,6 +159,8 @@ def end_of_function(text: str) -> tuple[int, str] | None:
 
 
 def _limits() -> None:  # runs in the child before exec
+    import resource  # POSIX only: imported here so the module (and training) loads on Windows
+
     resource.setrlimit(resource.RLIMIT_CPU, (10, 10))
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -172,6 +173,24 @@ def _no_network_prefix() -> list[str]:
     if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode == 0:
         return [unshare, "-rn"]
     return []
+
+
+_warned_no_limits = False
+
+
+def _child_limits():
+    """The preexec hook that caps the child's CPU, memory and output; None (once warned) where the
+    platform has no resource limits (Windows): the timeout and the guard still apply."""
+    global _warned_no_limits
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        if not _warned_no_limits:
+            print("funceval: no resource limits on this platform; candidates run with the timeout only",
+                  file=sys.stderr)
+            _warned_no_limits = True
+        return None
+    return _limits
 
 
 def run_program(source: str, timeout: float = 10.0, prefix: list[str] | None = None, guard: bool = True) -> bool:
@@ -189,7 +208,7 @@ def run_program(source: str, timeout: float = 10.0, prefix: list[str] | None = N
         with open(Path(cwd, "stdout.txt"), "wb") as out:
             try:
                 done = subprocess.run(cmd, cwd=cwd, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=subprocess.DEVNULL, timeout=timeout, preexec_fn=_limits)
+                                      stdout=out, stderr=subprocess.DEVNULL, timeout=timeout, preexec_fn=_child_limits())
             except subprocess.TimeoutExpired:
                 return False
         with open(Path(cwd, "stdout.txt"), "rb") as out:

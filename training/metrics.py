@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import sys
 from pathlib import Path
 
@@ -38,6 +37,10 @@ def memory_gb(device: torch.device) -> float:
     """Peak memory so far: allocated GPU memory on CUDA, the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
+    try:
+        import resource  # POSIX only; imported here so training runs on Windows
+    except ImportError:
+        return 0.0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1e9 if sys.platform == "darwin" else rss / 1e6  # bytes on macOS, KiB on Linux
 

@@ -6,21 +6,29 @@ import sys
 from pathlib import Path
 
 import click
+from click.shell_completion import CompletionItem
 
 from ..core import __version__
 from ..core.errors import GptuiError, fail_cleanly
 from ..core.sampling import SamplingParams
-
-BACKEND_HELP = "torch-fp32, torch-int8, onnx-fp32, onnx-int8, cuda (see `gptui bench`)"
+from .options import backend_option, model_option
 
 
 class DefaultGroup(click.Group):
     """`gptui ARGS` runs `complete` unless the first word is a subcommand."""
 
     def parse_args(self, ctx, args):
-        if not args or args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+        completing_first_word = ctx.resilient_parsing and not args  # `gptui <TAB>`: offer the subcommands
+        if not completing_first_word and (
+                not args or args[0] not in self.commands and args[0] not in ("-h", "--help", "--version")):
             args = ["complete", *args]
         return super().parse_args(ctx, args)
+
+    def shell_complete(self, ctx, incomplete):
+        items = super().shell_complete(ctx, incomplete)  # subcommands (and options after a "-")
+        if not incomplete.startswith("-"):
+            items.append(CompletionItem(incomplete, type="file"))  # `gptui FILE.py` opens it in the app
+        return items
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,8 +50,8 @@ def main():
 
 @main.command()
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", envvar="GPTUI_MODEL", help="Model name (see `gptui models`) or folder.")
-@click.option("-b", "--backend", envvar="GPTUI_BACKEND", default="torch-fp32", show_default=True, help=BACKEND_HELP)
+@model_option
+@backend_option
 @click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
 @click.option("-t", "--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 keeps every token.")

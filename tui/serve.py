@@ -13,8 +13,7 @@ import signal
 import click
 
 from ..core.errors import GptuiError, fail_cleanly
-
-BACKEND_HELP = "torch-fp32, torch-int8, onnx-fp32, onnx-int8, cuda (see `gptui bench`)"
+from .options import backend_option, model_option
 
 
 def is_loopback(host: str) -> bool:
@@ -61,8 +60,8 @@ def run_server(model: str | None, backend: str, host: str, port: int, api_key: s
 
 
 @click.command()
-@click.option("-m", "--model", envvar="GPTUI_MODEL", help="Model name (see `gptui models`) or folder.")
-@click.option("-b", "--backend", envvar="GPTUI_BACKEND", default="torch-fp32", show_default=True, help=BACKEND_HELP)
+@model_option
+@backend_option
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="GPTUI_HOST",
               help="Address to listen on; loopback by default. Anything else should have --api-key.")
 @click.option("-p", "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="GPTUI_PORT")

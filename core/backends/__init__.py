@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import GptuiError
-from .base import Backend
+
+if TYPE_CHECKING:  # the names stay importable without torch (the CLI's option choices, completion)
+    from .base import Backend
 
 # name -> (module, class); modules import lazily so onnxruntime or CUDA are only needed when used.
 BACKENDS: dict[str, tuple[str, str]] = {
