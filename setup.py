@@ -1,4 +1,4 @@
-"""Builds the optional C kernel (core/cpu_kernels.c); everything else is declared in pyproject.toml.
+"""Builds the optional C kernel (core/kernels/cpu_kernels.c); everything else is declared in pyproject.toml.
 
 optional=True: without a C compiler the install still succeeds and the CPU backend keeps oneDNN.
 """
@@ -16,5 +16,6 @@ else:
 
 libraries = [] if sys.platform == "win32" else ["m"]  # expf, sqrtf
 
-setup(ext_modules=[Extension("gptui.core._cpu_kernels", ["core/cpu_kernels.c"], extra_compile_args=compile_args,
+setup(ext_modules=[Extension("gptui.core.kernels._cpu_kernels", ["core/kernels/cpu_kernels.c"],
+                             extra_compile_args=compile_args,
                              extra_link_args=link_args, libraries=libraries, optional=True)])

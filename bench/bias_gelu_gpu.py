@@ -1,4 +1,4 @@
-"""The bias + GELU backward kernel (core/bias_gelu.py) against what inductor compiles, on a GPU.
+"""The bias + GELU backward kernel (core/kernels/bias_gelu.py) against what inductor compiles, on a GPU.
 
     python bench/bias_gelu_gpu.py                 # GPT-2's MLP at micro-batch 128: 131072 x 3072 bf16
 
@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from gptui.core import bias_gelu
+from gptui.core.kernels import bias_gelu
 from gptui.core.benchmark import cuda_ms
 
 

@@ -4,7 +4,7 @@
     python bench/cpu_gemv.py --preset small --rounds 9   # the step for the small preset
 
 Part 1: GB/s streamed through each GPT-2 matrix shape (24 distinct copies each, so they come from
-memory, not cache) by core.cpu_kernels.gemv, oneDNN on its prepacked layout (the torch-fp32 path
+memory, not cache) by core.kernels.cpu_kernels.gemv, oneDNN on its prepacked layout (the torch-fp32 path
 without the C kernel) and MKL's addmm on (in, out) weights; a plain sum over 400 MB gives the
 memory's rate at that moment. Part 2: the torch-fp32 decode step (ms/token, position 512-560) as
 shipped (each block one C call), block by block in PyTorch with the C products and C attention,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from gptui.core import cpu_kernels
+from gptui.core.kernels import cpu_kernels
 from gptui.core.backends import load_backend
 from gptui.core.backends.torch_backend import CpuLinear
 from gptui.core.checkpoint import save_checkpoint

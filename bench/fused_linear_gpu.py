@@ -1,4 +1,4 @@
-"""Time the fused decode kernel (core/backends/fused_linear.py) per GPT-2 matrix and block choice.
+"""Time the fused decode kernel (core/kernels/fused_linear.py) per GPT-2 matrix and block choice.
 
     python bench/fused_linear_gpu.py            # GPT-2 124M shapes, bf16, one GPU
 
@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from gptui.core.backends.fused_linear import blocks, fused_linear
+from gptui.core.kernels.fused_linear import blocks, fused_linear
 
 SHAPES = [  # (name, N, K, fusions)
     ("attn.c_attn + ln_1", 2304, 768, dict(norm=True)),

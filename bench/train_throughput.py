@@ -164,7 +164,7 @@ def measure_hf(args, device: torch.device, dtype: torch.dtype) -> dict:
 def measure(variant: str, args, work: Path, device: torch.device, dtype: torch.dtype) -> dict:
     if variant == "hf":
         return measure_hf(args, device, dtype)
-    if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/bias_gelu.py
+    if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/kernels/bias_gelu.py
         with mock.patch.object(model_module, "available", lambda device: False):
             return measure_ours(args, work, OURS[variant])
     return measure_ours(args, work, OURS[variant])

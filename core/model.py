@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cpu_kernels
-from .backends.fused_linear import available
-from .bias_gelu import bias_gelu
+from .kernels import cpu_kernels
+from .kernels.fused_linear import available
+from .kernels.bias_gelu import bias_gelu
 from .config import GPTConfig
 
 
@@ -57,7 +57,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
-        self.cpu_decode = False  # set by the torch-int8 backend where core/cpu_kernels.c is built
+        self.cpu_decode = False  # set by the torch-int8 backend where core/kernels/cpu_kernels.c is built
 
     def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
         B, T, C = x.shape

@@ -9,7 +9,7 @@ import torch
 
 from gptui.core.backends import BACKENDS, load_backend
 from gptui.core.backends.cuda_backend import CudaBackend
-from gptui.core import cpu_kernels
+from gptui.core.kernels import cpu_kernels
 from gptui.core.backends.torch_backend import CpuLinear, onednn_available
 from gptui.core.checkpoint import load_model
 from gptui.core.errors import GptuiError
@@ -249,7 +249,7 @@ def test_graph_decode_launched_ahead_matches_eager_steps_on_a_gpu(tiny_model_dir
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("n,k", ((2304, 768), (100, 37), (768, 3072)))
 def test_fused_linear_computes_norm_matmul_bias_gelu_residual(n, k):
-    from gptui.core.backends.fused_linear import fused_linear
+    from gptui.core.kernels.fused_linear import fused_linear
 
     pytest.importorskip("triton")
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from gptui.core import cpu_kernels
+from gptui.core.kernels import cpu_kernels
 from gptui.core.backends.torch_backend import CpuLinear
 from gptui.core.config import GPTConfig
 from gptui.core.model import Block, KVCache

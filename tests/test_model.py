@@ -94,7 +94,7 @@ def test_residual_stream_dtype_under_autocast(fp32_residual):
 
 def test_bias_gelu_matches_gelu_of_the_sum_with_gradients():
     """The op's plain-torch path (CPU): values, d/dz and the bias gradient summed over every row."""
-    from gptui.core.bias_gelu import bias_gelu
+    from gptui.core.kernels.bias_gelu import bias_gelu
 
     torch.manual_seed(0)
     z = torch.randn(3, 5, 40, dtype=torch.float64, requires_grad=True)

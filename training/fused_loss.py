@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.backends.fused_linear import available as triton_available
+from ..core.kernels.fused_linear import available as triton_available
 
 IGNORE = -1  # a target that is not trained on (SFT prompts, padding)
 _kernel = None

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
-from .fused_linear import available as fused_available
-from .fused_linear import fused_linear
+from ..kernels.fused_linear import available as fused_available
+from ..kernels.fused_linear import fused_linear
 from .torch_backend import TorchBackend
 
 # CUDA graph by hand over the fused Triton kernels (fused_linear.py) or over plain torch ops;

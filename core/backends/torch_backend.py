@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import cpu_kernels
+from ..kernels import cpu_kernels
 from ..checkpoint import load_model
 from ..model import GPT
 from .base import Backend
@@ -20,7 +20,7 @@ class CpuLinear(nn.Module):
     """nn.Linear for CPU inference, each input through the fastest product for its shape.
 
     Batch-1 decode multiplies one vector by each matrix and is bound by reading the weights once
-    per token. One row goes through our C kernel (core/cpu_kernels.c), which streams the (out, in)
+    per token. One row goes through our C kernel (core/kernels/cpu_kernels.c), which streams the (out, in)
     weight nn.Linear keeps faster than oneDNN's prepacked layout or MKL on both CPUs measured
     (README, "Backends and speed"; bench/NOTES.md). Many rows (a prefill) go through oneDNN, which
     takes the same plain weight as fast as its packed one. Without the C kernel (no compiler at

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backends.fused_linear import available
+from .fused_linear import available
 
 BLOCK_M, BLOCK_N = 32, 256  # the forward's tiles
 BACKWARD_CONFIG = dict(block_m=32, block_n=128, rows=512, warps=4, stages=3)  # best of 64 in bench/bias_gelu_gpu.py (H100)

@@ -16,7 +16,7 @@
  * two dozen module calls and PyTorch ops a block costs from Python (GPT-2's step 1.13x faster on
  * both CPUs measured, the `small` preset's 1.08-1.17x; bench/cpu_gemv.py, bench/NOTES.md).
  *
- * Built by setup.py as gptui.core._cpu_kernels (optional: without a compiler the backend keeps
+ * Built by setup.py as gptui.core.kernels._cpu_kernels (optional: without a compiler the backend keeps
  * oneDNN). Threads come from OpenMP; the caller passes the count (torch.get_num_threads()), and
  * since PyTorch loads libgomp.so.1 first, both share one pool. The GIL is released while it runs.
  */
@@ -388,14 +388,14 @@ static PyObject *current_isa(PyObject *self, PyObject *unused) { return PyUnicod
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS,
      "gemv(w, x, b, y, n, k, threads): y = W x + b from raw float32 addresses (b may be 0). Unchecked: "
-     "use gptui.core.cpu_kernels."},
+     "use gptui.core.kernels.cpu_kernels."},
     {"attend", attend, METH_VARARGS,
      "attend(qkv, kv, y, n_head, head_dim, max_len, pos, threads): one token's attention from raw float32 "
-     "addresses, its k and v written into the cache at pos. Unchecked: use gptui.core.cpu_kernels."},
+     "addresses, its k and v written into the cache at pos. Unchecked: use gptui.core.kernels.cpu_kernels."},
     {"block", block, METH_VARARGS,
      "block((ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b), x, kv, scratch, "
      "c, n_head, max_len, eps, pos, threads): one token through one GPT-2 block, x updated in place, from raw "
-     "float32 addresses. Unchecked: use gptui.core.cpu_kernels."},
+     "float32 addresses. Unchecked: use gptui.core.kernels.cpu_kernels."},
     {"select", select_isa, METH_VARARGS,
      "select(name): use the avx512, avx2 or portable kernel (the best one if this CPU lacks it); returns the one used."},
     {"isa", current_isa, METH_NOARGS, "isa(): the kernel in use."},

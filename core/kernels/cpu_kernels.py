@@ -1,4 +1,4 @@
-"""The C kernels of a batch-1 CPU decode step (core/cpu_kernels.c) behind checked Python calls.
+"""The C kernels of a batch-1 CPU decode step (core/kernels/cpu_kernels.c) behind checked Python calls.
 
 The extension is built at install time when a C compiler is there; without it `available()` is
 False and the CPU backend multiplies through oneDNN instead.
