@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import recover, staged_folder, umask, write_json_atomic
 from .config import GPTConfig
 from .errors import GptuiError
 from .model import GPT
@@ -28,29 +27,6 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TIED = "lm_head.weight"  # tied to transformer.wte.weight, so stored once
 FORMAT_VERSION = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temp file and rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions open() would
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict:
@@ -124,41 +100,25 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically, replacing any previous one at that path."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        _write_weights(tmp, _weights_to_save(model, dtype), max_shard_bytes)
-        write_json_atomic(tmp / CONFIG, {
-            "format_version": FORMAT_VERSION,
-            "model": model.config.to_dict(),
-            "encoding": encoding,
-            "provenance": provenance or {},
-        })
-        write_json_atomic(tmp / CARD, card or {})
-        for path in tmp.iterdir():
-            os.chmod(path, 0o666 & ~_umask())  # safetensors and mkstemp write 0600
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_folder(folder) as tmp:
+        write_checkpoint_files(tmp, model, encoding, provenance, card, dtype, max_shard_bytes)
     return folder
 
 
-def _swap_in(new: Path, folder: Path) -> None:
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(new, folder)  # between these two renames the old copy is still whole at `old`
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover(folder: Path) -> None:
-    """A save killed between its two renames leaves only the previous copy, under .NAME.old."""
-    old = folder.with_name(f".{folder.name}.old")
-    if not folder.exists() and old.is_dir():
-        os.replace(old, folder)
+def write_checkpoint_files(folder: Path, model: GPT, encoding: str, provenance: dict | None = None,
+                           card: dict | None = None, dtype: torch.dtype | None = None,
+                           max_shard_bytes: int | None = None) -> None:
+    """Weights, config and card into an existing (staged) folder."""
+    _write_weights(folder, _weights_to_save(model, dtype), max_shard_bytes)
+    write_json_atomic(folder / CONFIG, {
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "encoding": encoding,
+        "provenance": provenance or {},
+    })
+    write_json_atomic(folder / CARD, card or {})
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask())  # safetensors writes 0600
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -172,7 +132,7 @@ def weight_files(folder: Path) -> list[Path]:
 def read_config(folder: str | Path) -> tuple[GPTConfig, str, dict]:
     """(model config, encoding name, the whole config.json) of a checkpoint folder."""
     folder = Path(folder)
-    _recover(folder)
+    recover(folder)
     if not folder.is_dir():
         raise GptuiError(f"model folder {folder} does not exist")
     meta = read_json(folder / CONFIG)

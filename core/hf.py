@@ -12,13 +12,13 @@ business (tests and benchmarks do it), so transformers stays an optional depende
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from .checkpoint import TIED, load_state_dict, read_config, write_json_atomic
+from .atomic import write_bytes_atomic, write_json_atomic
+from .checkpoint import TIED, load_state_dict, read_config
 from .config import GPTConfig
 from .errors import GptuiError
 from .tokenizer import EOT_ID, _data_gym_byte_decoder, get_encoding
@@ -126,9 +126,7 @@ def save_hf_copy(folder: str | Path, out: str | Path) -> Path:
     state = to_hf_state_dict({k: v.float() for k, v in load_state_dict(folder).items()}, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, tmp, metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    write_bytes_atomic(out / "model.safetensors", save(state, metadata={"format": "pt"}))
     write_json_atomic(out / "config.json", hf_config_dict(config))
     write_json_atomic(out / "generation_config.json", {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
                                                        "pad_token_id": EOT_ID})

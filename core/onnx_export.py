@@ -15,15 +15,14 @@ Building is deterministic: the same weights give byte-identical files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_bytes_atomic
 from .checkpoint import load_state_dict, read_config, weights_fingerprint
 from .errors import GptuiError
 from .paths import cache_dir
@@ -91,15 +90,7 @@ def set_metadata(model, fingerprint: str, kind: str, quantization: str, config: 
 def save_model(model, out: Path) -> None:
     """Serialize through a temp file and rename: a reader never sees half a model."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(out, model.SerializeToString(), mode=0o644)
 
 
 def cache_entry(fingerprint: str) -> Path:

@@ -9,12 +9,12 @@ checkpoint loadable (core.checkpoint.read_config restores `.NAME.old` if needed)
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import read_config, save_checkpoint
+from ..core.atomic import staged_folder
+from ..core.checkpoint import read_config, write_checkpoint_files
 from ..core.errors import GptuiError
 from ..core.model import GPT
 
@@ -29,26 +29,13 @@ def save_run_checkpoint(out: Path, name: str, model: GPT, encoding: str, provena
                         state: dict | None) -> Path:
     """Write out/NAME atomically: weights, config, card and (for `latest`) the training state."""
     target = out / name
-    scratch = out / f".{name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)  # left by a run killed while saving
-    try:
-        save_checkpoint(scratch, model, encoding, provenance=provenance, card=card)
+    with staged_folder(target) as scratch:
+        write_checkpoint_files(scratch, model, encoding, provenance=provenance, card=card)
         if state is not None:
-            tmp = scratch / f".{STATE}.tmp"
-            with open(tmp, "wb") as f:
+            with open(scratch / STATE, "wb") as f:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, scratch / STATE)
-        old = out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(scratch, target)  # between the renames, `old` is whole and read_config restores it
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return target
 
 

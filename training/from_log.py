@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..core.atomic import write_bytes_atomic
 from ..core.errors import GptuiError
 
 
@@ -29,8 +30,6 @@ def log_to_jsonl(db: Path, cache: Path) -> tuple[Path, dict]:
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"from-log-{hashlib.sha256(data).hexdigest()[:24]}.jsonl"
     if not path.exists():
-        tmp = path.with_suffix(".partial")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_bytes_atomic(path, data)
     counts = Counter("completion" if r["prompt"] else "chat" for r in rows)
     return path, dict(counts)

@@ -26,7 +26,8 @@ from ..core.errors import GptuiError
 from ..core.tokenizer import encode, get_encoding
 from . import near_dup
 from .packages import find_distributions
-from .shards import PRETRAIN, TOKEN_DTYPE, check_output, read_manifest, save_array, staged_folder, write_manifest
+from ..core.atomic import staged_folder
+from .shards import PRETRAIN, TOKEN_DTYPE, check_output, read_manifest, save_array, write_manifest
 from .sources import DUPLICATE, Candidate, find_python_files, read_source
 
 

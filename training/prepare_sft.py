@@ -28,7 +28,8 @@ from ..core.prompt import format_example
 from ..core.tokenizer import encode, get_encoding
 from .exercises import exercise_pair, files_of, find_exercises
 from .mine import COLUMNS, MAX_RESPONSE_TOKENS, add_row, mine_files
-from .shards import SFT, TOKEN_DTYPE, check_output, read_manifest, save_array, staged_folder, write_manifest
+from ..core.atomic import staged_folder
+from .shards import SFT, TOKEN_DTYPE, check_output, read_manifest, save_array, write_manifest
 from .sources import find_python_files
 
 

@@ -7,15 +7,13 @@ loss mask and document offsets. The manifest says which files hold what.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..core.checkpoint import read_json, write_json_atomic
+from ..core.atomic import write_json_atomic
+from ..core.checkpoint import read_json
 from ..core.errors import GptuiError
 
 MANIFEST = "manifest.json"
@@ -40,12 +38,6 @@ def load_array(path: Path) -> np.ndarray:
         raise GptuiError(f"{path}: missing (re-run gptui-train prepare)") from None
     except (OSError, ValueError) as e:
         raise GptuiError(f"{path}: unreadable ({e})") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_manifest(folder: str | Path, kind: str | None = None) -> dict:
@@ -81,27 +73,6 @@ def check_output(out: Path, fingerprint: str, force: bool) -> bool:
     if any(out.iterdir()):
         raise GptuiError(f"{out} exists and is not empty")
     return False
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path):
-    """Yield a scratch folder beside `out`; on success it replaces `out`, on failure it vanishes."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give it what mkdir would
-    except OSError as e:
-        raise GptuiError(f"cannot write {out}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -22,7 +22,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..core import __version__
-from ..core.checkpoint import load_model, read_config, read_json, write_json_atomic
+from ..core.atomic import write_json_atomic
+from ..core.checkpoint import load_model, read_config, read_json
 from ..core.config import preset as make_config
 from ..core.errors import GptuiError
 from ..core.model import GPT

@@ -23,6 +23,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
+from ..core.atomic import write_bytes_atomic
 from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent, generate
 from ..core.sampling import SamplingParams
@@ -40,7 +41,7 @@ from .screens.dialogs import AskPath, Confirm
 from .screens.help import HelpScreen, binding_rows
 from .screens.picker import ModelPicker, human_params
 from .screens.settings import SettingsScreen
-from .settings import Settings, load_settings, save_settings, settings_path, write_atomic
+from .settings import Settings, load_settings, save_settings, settings_path
 from .widgets.chat import Answer, ChatPane
 from .widgets.editor import GhostEditor
 from .widgets.inspector import Inspector
@@ -491,7 +492,7 @@ class GptuiApp(App):
     def _write(self, path: Path) -> None:
         data = self.editor.text.encode("utf-8")
         try:
-            write_atomic(path, data)
+            write_bytes_atomic(path, data)
         except OSError as e:
             self.tell(f"Cannot save {path}: {e.strerror or e}; the buffer is unchanged", "error")
             return

@@ -30,14 +30,13 @@ enabled = false          # keep no record of completions and chat answers (see `
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
 
+from ..core.atomic import write_bytes_atomic
 from ..core.errors import GptuiError
 from ..core.paths import config_dir
 from ..core.sampling import SamplingParams
@@ -172,28 +171,7 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
     path = path or settings_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, tomli_w.dumps(settings.to_toml()).encode("utf-8"))
+        write_bytes_atomic(path, tomli_w.dumps(settings.to_toml()).encode("utf-8"))
     except OSError as e:
         raise GptuiError(f"cannot write {path}: {e.strerror or e}") from None
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace path with data by rename; keeps an existing file's permissions."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give it what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
