@@ -47,10 +47,10 @@ setup() {
 ship() {  # checkpoint folder -> fp16 shards
   python3 - "$1" "$2" <<'PY'
 import sys, torch
-from gptui.core.checkpoint import load_model, read_config, read_card, save_checkpoint
+from gptui.core.checkpoint import Checkpoint, load_model, read_card, save_checkpoint
 from gptui.training.export import MAX_SHARD_BYTES
-model, enc = load_model(sys.argv[1]); _, _, meta = read_config(sys.argv[1])
-save_checkpoint(sys.argv[2], model, enc, provenance=meta.get("provenance", {}), card=read_card(sys.argv[1]),
+model, enc = load_model(sys.argv[1])
+save_checkpoint(sys.argv[2], model, enc, provenance=Checkpoint.open(sys.argv[1]).provenance, card=read_card(sys.argv[1]),
               dtype=torch.float16, max_shard_bytes=MAX_SHARD_BYTES)
 PY
 }

@@ -24,7 +24,7 @@ import torch
 
 from gptui.core import benchmark as bm
 from gptui.core.backends import load_backend
-from gptui.core.checkpoint import read_config, save_checkpoint
+from gptui.core.checkpoint import Checkpoint, save_checkpoint
 from gptui.core.config import preset
 from gptui.core.model import GPT
 from gptui.core.onnx_export import build_onnx
@@ -35,7 +35,8 @@ from gptui.training.export import calibration_windows
 
 
 def _windows(folder: Path, eval_data: Path | None, eval_dir: Path | None, tokens: int) -> list[list[int]]:
-    config, encoding, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding = ckpt.config, ckpt.encoding
     if eval_data is not None:
         from gptui.training.evaluate import prepared_windows
 
@@ -45,8 +46,7 @@ def _windows(folder: Path, eval_data: Path | None, eval_dir: Path | None, tokens
 
 
 def run(folder: Path, work: Path, args) -> list[dict]:
-    config, encoding_name, _ = read_config(folder)
-    encoding = get_encoding(encoding_name)
+    encoding = get_encoding(Checkpoint.open(folder).encoding)
     windows = _windows(folder, args.eval_data, args.eval_dir, args.eval_tokens)
     prompt = [t for w in windows for t in w][: args.prompt_tokens]
     probe = windows[0][:-1]

@@ -14,7 +14,7 @@ MAX_COST = 0.02
 
 
 def blend(base: str, tuned: str, alpha: float, out: str) -> None:
-    from gptui.core.checkpoint import load_model, read_card, read_config, save_checkpoint
+    from gptui.core.checkpoint import Checkpoint, load_model, read_card, save_checkpoint
 
     model, encoding = load_model(tuned)
     base_model, _ = load_model(base)
@@ -25,9 +25,9 @@ def blend(base: str, tuned: str, alpha: float, out: str) -> None:
         if tensor.data_ptr() not in seen:  # tied embeddings: blend the shared tensor once
             seen.add(tensor.data_ptr())
             tensor.copy_(base_state[name].lerp(tensor, alpha))
-    meta = read_config(tuned)[2]
+    provenance = Checkpoint.open(tuned).provenance
     card = {**read_card(tuned), "blend": {"base": str(base), "tuned": str(tuned), "alpha": alpha}}
-    save_checkpoint(out, model, encoding, provenance=meta.get("provenance", {}), card=card)
+    save_checkpoint(out, model, encoding, provenance=provenance, card=card)
 
 
 def pick(runs: Path, names: list[str], max_cost: float = MAX_COST) -> str:

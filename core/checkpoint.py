@@ -6,16 +6,18 @@ rename, so an interrupted save leaves the previous checkpoint loadable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .atomic import recover, staged_folder, umask, write_json_atomic
+from .atomic import staged_folder, umask, write_json_atomic
 from .config import GPTConfig
 from .errors import GptuiError
 from .model import GPT
@@ -129,21 +131,71 @@ def weight_files(folder: Path) -> list[Path]:
     return [folder / WEIGHTS]
 
 
-def read_config(folder: str | Path) -> tuple[GPTConfig, str, dict]:
-    """(model config, encoding name, the whole config.json) of a checkpoint folder."""
-    folder = Path(folder)
-    recover(folder)
-    if not folder.is_dir():
-        raise GptuiError(f"model folder {folder} does not exist")
-    meta = read_json(folder / CONFIG)
-    try:
-        config = GPTConfig.from_dict(meta["model"])
-        encoding = meta["encoding"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise GptuiError(f"{folder / CONFIG}: not a gptui model config ({e})") from None
-    if encoding not in ENCODINGS:
-        raise GptuiError(f"{folder / CONFIG}: unknown encoding {encoding!r}")
-    return config, encoding, meta
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder opened once: config.json read and checked; the weights, their
+    fingerprint and the card are read only when asked for. Opening renames nothing: where a save
+    may have been killed between its two renames, call `recover(folder)` first."""
+
+    folder: Path
+    config: GPTConfig
+    encoding: str
+    meta: dict  # the whole config.json
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Checkpoint:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise GptuiError(f"model folder {folder} does not exist")
+        meta = read_json(folder / CONFIG)
+        try:
+            config = GPTConfig.from_dict(meta["model"])
+            encoding = meta["encoding"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise GptuiError(f"{folder / CONFIG}: not a gptui model config ({e})") from None
+        if encoding not in ENCODINGS:
+            raise GptuiError(f"{folder / CONFIG}: unknown encoding {encoding!r}")
+        return cls(folder, config, encoding, meta)
+
+    @property
+    def provenance(self) -> dict:
+        return self.meta.get("provenance", {})
+
+    @property
+    def card(self) -> dict:
+        return read_card(self.folder)
+
+    @property
+    def files(self) -> list[Path]:
+        return weight_files(self.folder)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.folder)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return load_state_dict(self.folder)
+
+    def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
+        """The model in eval mode. Built on the meta device, then the loaded tensors are assigned."""
+        state = self.state_dict()
+        with torch.device("meta"):
+            model = GPT(self.config)
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if names
+            )
+            raise GptuiError(f"{self.folder}: weights do not match config.json ({detail})")
+        state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        return model.eval()
 
 
 def read_card(folder: str | Path) -> dict:
@@ -181,26 +233,9 @@ def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, str]:
-    """(model in eval mode, encoding name). Builds on the meta device and assigns loaded tensors."""
-    config, encoding, _ = read_config(folder)
-    state = load_state_dict(folder)
-    with torch.device("meta"):
-        model = GPT(config)
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if names
-        )
-        raise GptuiError(f"{folder}: weights do not match config.json ({detail})")
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    return model.eval(), encoding
+    """(model in eval mode, encoding name) of the checkpoint in `folder`."""
+    ckpt = Checkpoint.open(folder)
+    return ckpt.load_model(device, dtype), ckpt.encoding
 
 
 def weights_fingerprint(folder: str | Path) -> str:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save
 
 from .atomic import write_bytes_atomic, write_json_atomic
-from .checkpoint import TIED, load_state_dict, read_config
+from .checkpoint import TIED, Checkpoint, load_state_dict
 from .config import GPTConfig
 from .errors import GptuiError
 from .tokenizer import EOT_ID, _data_gym_byte_decoder, get_encoding
@@ -122,7 +122,8 @@ def _write_tokenizer(out: Path, encoding_name: str, padded_vocab: int) -> None:
 
 def save_hf_copy(folder: str | Path, out: str | Path) -> Path:
     """Write a Hugging Face-format copy of the checkpoint in `folder` (fp32) to `out`."""
-    config, encoding, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding = ckpt.config, ckpt.encoding
     state = to_hf_state_dict({k: v.float() for k, v in load_state_dict(folder).items()}, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32):
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise GptuiError("transformers is not installed (pip install 'gptui[bench]')") from None
-    config, _, _ = read_config(folder)
+    config = Checkpoint.open(folder).config
     hf_config = GPT2Config(**{k: v for k, v in hf_config_dict(config).items() if k not in ("architectures",
                                                                                            "model_type")})
     with torch.device("meta"):

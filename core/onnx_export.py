@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_bytes_atomic
-from .checkpoint import load_state_dict, read_config, weights_fingerprint
+from .checkpoint import Checkpoint, load_state_dict, weights_fingerprint
 from .errors import GptuiError
 from .paths import cache_dir
 
@@ -65,7 +65,8 @@ def build_onnx(folder: str | Path, kind: str, out: str | Path, progress: Progres
     out = Path(out)
     name = artifact_name(kind)
     report(0.0, f"reading weights for {name}")
-    config, encoding, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding = ckpt.config, ckpt.encoding
     fingerprint = fingerprint or weights_fingerprint(folder)
     state = fp32_state(folder)
     report(0.3, f"building {name}" + (" (INT8 blocks)" if kind == "int8" else ""))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .checkpoint import folder_bytes, load_state_dict, read_config, weight_files
+from .atomic import recover
+from .checkpoint import Checkpoint, folder_bytes, load_state_dict, weight_files
 from .errors import GptuiError
 from .paths import data_dir
 
@@ -45,8 +46,9 @@ def inspect(path: Path, where: str, name: str | None = None, deep: bool = False)
     """Describe a model folder; problems are recorded in .error rather than raised."""
     info = ModelInfo(name or path.name, path, where)
     try:
-        config, info.encoding, _ = read_config(path)
-        info.params = config.num_params()
+        ckpt = Checkpoint.open(path)
+        info.encoding = ckpt.encoding
+        info.params = ckpt.config.num_params()
         info.bytes = folder_bytes(path)
         if deep:
             load_state_dict(path)  # reads every tensor: finds truncation and corruption
@@ -110,21 +112,24 @@ def open_for_generation(name_or_path: str | None, backend_name: str):
 
     folder = resolve(name_or_path)
     try:
-        _config, encoding_name, meta = read_config(folder)
-        return folder, get_encoding(encoding_name), load_backend(backend_name, folder), meta
+        ckpt = Checkpoint.open(folder)
+        return folder, get_encoding(ckpt.encoding), load_backend(backend_name, folder), ckpt.meta
     except GptuiError as e:
         raise restore_hint(folder, e) from None
 
 
 def resolve(name_or_path: str | None) -> Path:
-    """A model folder from a name (user models first, then shipped) or a path."""
+    """A model folder from a name (user models first, then shipped) or a path. The one place a
+    model is opened by name: it also puts back a folder that a save killed mid-swap left as .NAME.old."""
     name = name_or_path or default_model_name()
     path = Path(name).expanduser()
+    recover(path)
     if path.is_dir() or os.sep in name or name.startswith("."):
         if not path.is_dir():
             raise GptuiError(f"model folder {path} does not exist")
         return path
     for _, root in _roots():
+        recover(root / name)
         if (root / name).is_dir():
             return root / name
     known = ", ".join(m.name for m in list_models()) or "none"

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gptui.core import checkpoint
-from gptui.core.checkpoint import load_model, read_config, save_checkpoint, update_card, weights_fingerprint
+from gptui.core.atomic import recover
+from gptui.core.checkpoint import Checkpoint, load_model, save_checkpoint, update_card, weights_fingerprint
 from gptui.core.errors import GptuiError
 from gptui.core.registry import inspect, list_models, resolve
 
@@ -24,7 +25,9 @@ def test_round_trip_keeps_logits_config_and_encoding(tmp_path):
     assert loaded.config == model.config
     assert torch.equal(logits_of(loaded), logits_of(model))
     assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
-    assert read_config(tmp_path / "m")[2]["provenance"] == {"why": "test"}
+    ckpt = Checkpoint.open(tmp_path / "m")
+    assert ckpt.provenance == {"why": "test"} and ckpt.card == {"loss": 1.0}
+    assert ckpt.fingerprint == weights_fingerprint(tmp_path / "m") and ckpt.files == [tmp_path / "m" / "model.safetensors"]
 
 
 def test_sharded_weights_load_the_same(tmp_path):
@@ -90,6 +93,9 @@ def test_a_save_killed_between_renames_is_recovered(tmp_path):
     first = make_tiny(seed=1)
     save_checkpoint(tmp_path / "m", first, "gpt2-code")
     (tmp_path / "m").rename(tmp_path / ".m.old")  # the state after the first rename of a swap
+    with pytest.raises(GptuiError, match="does not exist"):
+        Checkpoint.open(tmp_path / "m")  # opening renames nothing: recovery is its own step
+    recover(tmp_path / "m")
     loaded, _ = load_model(tmp_path / "m")
     assert torch.equal(logits_of(loaded), logits_of(first))
 
@@ -116,3 +122,10 @@ def test_registry_finds_user_models_and_marks_broken_ones(tmp_path, monkeypatch)
     assert resolve(str(models / "good")) == models / "good"
     with pytest.raises(GptuiError, match="unknown model"):
         resolve("nonexistent")
+
+
+def test_opening_a_model_by_path_recovers_an_interrupted_swap(tmp_path):
+    save_checkpoint(tmp_path / "m", make_tiny(seed=1), "gpt2-code")
+    (tmp_path / "m").rename(tmp_path / ".m.old")
+    assert resolve(str(tmp_path / "m")) == tmp_path / "m"
+    assert Checkpoint.open(tmp_path / "m").encoding == "gpt2-code" and not (tmp_path / ".m.old").exists()

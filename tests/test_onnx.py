@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from gptui.core.backends import load_backend
-from gptui.core.checkpoint import load_model, read_config, save_checkpoint, weights_fingerprint
+from gptui.core.checkpoint import Checkpoint, load_model, save_checkpoint, weights_fingerprint
 from gptui.core.errors import GptuiError
 from gptui.core.onnx_export import build_onnx, cache_entry
 from gptui.tui.cli import main as gptui
@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 
 def test_graph_takes_explicit_past_and_returns_present_with_dynamic_batch(exported_dir):
     """Used like any past/present export (no shared buffer): batch 2, prefill 7, then 5 single steps."""
-    config, _, _ = read_config(exported_dir)
+    config = Checkpoint.open(exported_dir).config
     session = ort.InferenceSession(str(exported_dir / "onnx" / "model-fp32.onnx"), providers=["CPUExecutionProvider"])
     ids = [random_ids(12, seed=20), random_ids(12, seed=21)]
     empty = np.zeros((2, config.n_head, 0, config.head_dim), np.float32)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from training_helpers import prepared_code, prepared_sft, tiny_checkpoint, train_args
 
-from gptui.core.checkpoint import load_model, read_config
+from gptui.core.checkpoint import Checkpoint, load_model
 from gptui.core.tokenizer import EOT_ID
 from gptui.training.cli import main
 from gptui.training.data import PackedExamples, Sampler
@@ -67,9 +67,9 @@ def test_sft_command_fine_tunes_a_checkpoint(tmp_path, tmp_path_factory):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7)) and "val_loss" in rows[-1]
-    _, _, meta = read_config(out / "latest")
-    assert meta["provenance"]["training"]["task"] == "sft"
-    assert meta["provenance"]["init"]["from"] == str(base)
+    provenance = Checkpoint.open(out / "latest").provenance
+    assert provenance["training"]["task"] == "sft"
+    assert provenance["init"]["from"] == str(base)
     tuned, _ = load_model(out / "latest")
     original, _ = load_model(base)
     assert not torch.equal(tuned.transformer.h[0].attn.c_attn.weight, original.transformer.h[0].attn.c_attn.weight)
@@ -105,7 +105,7 @@ def test_sft_with_mix_data_trains_and_records_it(tmp_path, tmp_path_factory):
                                                           eval_every=4, eval_tokens=128, save_every=4,
                                                           mix_data=prepared_code(tmp_path_factory), mix_rate=0.3)])
     assert result.exit_code == 0, result.output
-    training = read_config(out / "latest")[2]["provenance"]["training"]
+    training = Checkpoint.open(out / "latest").provenance["training"]
     assert training["mix_rate"] == 0.3 and training["mix_data"]["type"] == "python_files"
     bad = CliRunner().invoke(main, ["pretrain", *train_args(prepared_code(tmp_path_factory), tmp_path / "p", steps=2,
                                                             preset="tiny", mix_data=prepared_code(tmp_path_factory))])

@@ -3,7 +3,7 @@
 `latest/` is rewritten every --save-every steps and on a signal; `best/` whenever validation
 loss improves. Each is built in full under a scratch name and swapped in by rename, using the
 same `.NAME.old` convention as core.checkpoint, so a kill at any instant leaves the previous
-checkpoint loadable (core.checkpoint.read_config restores `.NAME.old` if needed).
+checkpoint loadable (core.atomic.recover, called before a resume, restores `.NAME.old`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.atomic import staged_folder
-from ..core.checkpoint import read_config, write_checkpoint_files
+from ..core.atomic import recover, staged_folder
+from ..core.checkpoint import Checkpoint, write_checkpoint_files
 from ..core.errors import GptuiError
 from ..core.model import GPT
 
@@ -41,7 +41,8 @@ def save_run_checkpoint(out: Path, name: str, model: GPT, encoding: str, provena
 
 def load_training_state(folder: Path) -> dict:
     """The optimizer, step and counters saved with a `latest` checkpoint (tensors and plain data only)."""
-    read_config(folder)  # also puts back a checkpoint a kill left under .latest.old
+    recover(folder)  # puts back a checkpoint a kill left under .latest.old
+    Checkpoint.open(folder)
     path = folder / STATE
     if not path.is_file():
         raise GptuiError(f"{folder}: no {STATE}; it is a model, not a resumable run checkpoint")

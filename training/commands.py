@@ -348,7 +348,7 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
     Generated code runs in a child process with a timeout, resource limits and no network.
     """
     from ..core.backends import load_backend
-    from ..core.checkpoint import read_config
+    from ..core.checkpoint import Checkpoint
     from ..core.registry import resolve
     from ..core.sampling import SamplingParams
     from ..core.tokenizer import get_encoding
@@ -369,7 +369,7 @@ def funceval(model, paths, backend, tasks_file, samples, temperature, top_p, k_t
     guards = {"no_repeat_ngram": no_repeat_ngram, "stop_repeats": stop_repeats}
     SamplingParams(**guards)  # the same validation as everywhere else, before a model loads
     folder = resolve(model)
-    encoding = get_encoding(read_config(folder)[1])
+    encoding = get_encoding(Checkpoint.open(folder).encoding)
     engine = load_backend(backend, folder)
     if not paths:
         from .functional import evaluate_tasks

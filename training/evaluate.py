@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.checkpoint import load_model, read_config
+from ..core.checkpoint import Checkpoint, load_model
 from ..core.errors import GptuiError
 from ..core.registry import resolve
 from ..core.tokenizer import encode_document, get_encoding
@@ -111,7 +111,8 @@ def _backend_losses(backend, windows) -> tuple[float, list[np.ndarray]]:
 def evaluate(model_ref: str, data: Path | None = None, split: str = "val", py_dirs: list[Path] | None = None,
              backend: str | None = None, max_tokens: int = 1 << 20, batch_size: int = 8, device: str = "auto") -> dict:
     folder = resolve(model_ref)
-    config, encoding, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding = ckpt.config, ckpt.encoding
     if (data is None) == (not py_dirs):
         raise GptuiError("give exactly one of --data PREPARED or --py-dir DIR")
     if data is not None:

@@ -24,9 +24,10 @@ MAX_SHARD_BYTES = 15 * 2**20  # shipped weights live in git: keep every file sma
 def calibration_windows(folder: Path, eval_data: Path | None, eval_py_dirs: list[Path], tokens: int) -> list[list[int]]:
     """Prompts for static quantization: the validation split when given, else .py files (the stdlib by default)."""
     from ..core import benchmark as bm
-    from ..core.checkpoint import read_config
+    from ..core.checkpoint import Checkpoint
 
-    config, encoding, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding = ckpt.config, ckpt.encoding
     if eval_data is not None:
         from .evaluate import prepared_windows
 
@@ -39,7 +40,7 @@ def export_model(source: Path, out: Path, dtype: str = "fp16", int8: str = "bloc
                  eval_data: Path | None = None, eval_py_dirs: list[Path] | None = None, eval_tokens: int = 65536,
                  calibration_tokens: int = 8192, log=lambda message: None) -> dict:
     """Write the export folder; returns the card's new entries."""
-    from ..core.checkpoint import (CARD, folder_bytes, load_model, read_card, read_config, save_checkpoint, update_card,
+    from ..core.checkpoint import (CARD, folder_bytes, Checkpoint, load_model, read_card, save_checkpoint, update_card,
                                    weights_fingerprint)
     from ..core.hf import save_hf_copy
     from ..core.onnx_export import EXPORT_DIR, artifact_name, build_onnx
@@ -48,8 +49,7 @@ def export_model(source: Path, out: Path, dtype: str = "fp16", int8: str = "bloc
     same = out.exists() and source.resolve() == out.resolve()
     if not same:
         model, encoding = load_model(source)
-        _, _, meta = read_config(source)
-        provenance = {**meta.get("provenance", {}), "exported_from": str(source), "export_dtype": dtype}
+        provenance = {**Checkpoint.open(source).provenance, "exported_from": str(source), "export_dtype": dtype}
         card = {k: v for k, v in read_card(source).items() if k not in ("sizes", "export", "losses")}
         log(f"writing {dtype} weights to {out}")
         save_checkpoint(out, model, encoding, provenance=provenance, card=card, dtype=DTYPES[dtype],

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..core import __version__
 from ..core.atomic import write_json_atomic
-from ..core.checkpoint import load_model, read_config, read_json
+from ..core.checkpoint import Checkpoint, load_model, read_json
 from ..core.config import preset as make_config
 from ..core.errors import GptuiError
 from ..core.model import GPT
@@ -191,11 +191,11 @@ class Trainer:
         cfg = self.cfg
         if self.state is not None:
             model, encoding = load_model(self.out / LATEST)
-            return model, encoding, read_config(self.out / LATEST)[2].get("provenance", {}).get("init", {})
+            return model, encoding, Checkpoint.open(self.out / LATEST).provenance.get("init", {})
         if cfg.init:
             folder = resolve(cfg.init)
             model, encoding = load_model(folder)
-            return model, encoding, {"from": str(folder), "provenance": read_config(folder)[2].get("provenance", {})}
+            return model, encoding, {"from": str(folder), "provenance": Checkpoint.open(folder).provenance}
         if cfg.task == "sft":
             raise GptuiError("sft starts from a pretrained model: pass --init CHECKPOINT")
         config = make_config(cfg.preset or "small", vocab_size=get_encoding(cfg.encoding).n_vocab)

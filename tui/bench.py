@@ -40,13 +40,14 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
 
     from ..core import benchmark as bm
     from ..core.backends import load_backend
-    from ..core.checkpoint import read_config
+    from ..core.checkpoint import Checkpoint
     from ..core.registry import resolve
     from ..core.tokenizer import get_encoding
 
     torch.set_num_threads(threads)
     folder = resolve(model)
-    config, encoding_name, _ = read_config(folder)
+    ckpt = Checkpoint.open(folder)
+    config, encoding_name = ckpt.config, ckpt.encoding
     encoding = get_encoding(encoding_name)
     text_ids = bm.code_tokens(eval_dirs or [bm.stdlib_dir()], encoding_name, max(eval_tokens, prompt_tokens))
     prompt = text_ids[:prompt_tokens]

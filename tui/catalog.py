@@ -18,7 +18,7 @@ import tiktoken
 
 from ..core import backends as backend_registry
 from ..core.backends.base import Backend
-from ..core.checkpoint import read_config
+from ..core.checkpoint import Checkpoint
 from ..core.errors import GptuiError
 from ..core.registry import ModelInfo, default_model_name, list_models, resolve
 from ..core.registry import inspect as inspect_model
@@ -78,7 +78,8 @@ class Catalog:
 
     def load(self, model: str | None, backend: str, progress: Progress | None = None) -> Engine:
         folder = resolve(model)
-        config, encoding_name, _ = read_config(folder)
+        ckpt = Checkpoint.open(folder)
+        config, encoding_name = ckpt.config, ckpt.encoding
         options = {}
         if progress is not None and _accepts(_backend_class(backend).load, "progress"):
             options["progress"] = progress

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tiktoken
 
-from ..core.checkpoint import read_config
+from ..core.checkpoint import Checkpoint
 from ..core.errors import GptuiError
 from ..core.tokenizer import fim_ids
 
@@ -40,7 +40,7 @@ def supports_fim(meta: dict, encoding: tiktoken.Encoding) -> bool:
 def folder_supports_fim(folder: str | Path, encoding: tiktoken.Encoding) -> bool:
     """For a model already loaded from `folder`; a config that cannot be read counts as no FIM."""
     try:
-        _config, _encoding_name, meta = read_config(folder)
+        meta = Checkpoint.open(folder).meta
     except (GptuiError, OSError):
         return False
     return supports_fim(meta, encoding)

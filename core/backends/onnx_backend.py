@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import read_config
+from ..checkpoint import Checkpoint
 from ..errors import GptuiError
 from ..onnx_export import Progress, artifact_status, find_or_build
 from .base import Backend
@@ -99,7 +99,7 @@ class OnnxBackend(Backend):
         threads and spin go to session_options.
         """
         _ort()
-        config, _, _ = read_config(folder)
+        config = Checkpoint.open(folder).config
         session, found = find_or_build(folder, cls.kind, lambda p: open_session(p, threads, spin), progress, path)
         return cls(session, found, config, name or f"onnx-{cls.kind}")
 
