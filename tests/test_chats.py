@@ -6,10 +6,15 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from textual.widgets import Input
+from tui_fakes import SIZE, FakeCatalog, make_app, ready, sync, wait_for
 
 from gptui.tui.chat import Turn
 from gptui.tui.chats import ChatStore, to_markdown
 from gptui.tui.history import MIGRATIONS, SCHEMA_VERSION, History, recent
+from gptui.tui.screens.chats import ChatList
+from gptui.tui.screens.dialogs import AskPath, AskText, Confirm
+from gptui.tui.widgets.chat import Answer
 
 
 @pytest.fixture
@@ -102,3 +107,183 @@ def test_markdown_has_a_heading_per_question_and_fences_code():
     assert text.startswith("# Lists\n\nalpha on torch-fp32 · temperature 0.2 · seed 7 · exported ")
     assert ("## reverse a list\n\nWith this code:\n\n```python\nxs = [1, 2]\n```\n\n```python\nxs[::-1]\n```\n\n"
             "*4 tokens · stopped: end*\n\n## explain\n\n```python\nx = 1\n```\nDone.\n") in text
+
+
+# ---- the app ----
+
+FAST = "[editor]\ndebounce_ms = 20\n[sampling]\nseed = 7\n"
+
+
+def catalog() -> FakeCatalog:
+    return FakeCatalog({"alpha": ["use a loop\n"], "beta": ["beta says hi\n"]})
+
+
+async def ask(pilot, question: str) -> None:
+    app = pilot.app
+    turns = len(app.history)
+    app.query_one("#chat-input", Input).value = question
+    app.query_one("#chat-input", Input).focus()
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: len(app.history) == turns + 1 and not app.chat_request, what="the answer")
+
+
+async def chat_list(pilot) -> ChatList:
+    await pilot.press("f8")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ChatList), what="the chat list")
+    return pilot.app.screen
+
+
+def names(screen: ChatList) -> list[str]:
+    return [c.name for c in screen.chats]
+
+
+@sync
+async def test_new_switch_and_restore_with_model_backend_and_settings(tmp_path):
+    app = make_app(tmp_path, catalog(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await ask(pilot, "add two numbers")
+        first = app.active_chat
+        assert first.name == "add two numbers" and app.chat.border_title == "Chat · add two numbers"
+        await pilot.press("ctrl+n")
+        assert app.active_chat.id != first.id and app.history == [] and not app.query(Answer)
+        app.load_engine("beta", "fake-int8", remember=True)  # as the model picker does
+        await wait_for(pilot, lambda: app.engine.model == "beta", what="beta")
+        app.settings.temperature = 0.9
+        app.chats.set_settings(app.active_chat, app._sampling())  # as the settings screen does
+        await ask(pilot, "say hi")
+        screen = await chat_list(pilot)
+        assert names(screen) == ["say hi", "add two numbers"]  # the most recently changed first
+        await pilot.press("down", "enter")  # the cursor starts on the chat in use: "say hi"
+        await wait_for(pilot, lambda: app.engine.model == "alpha" and app.active_chat.id == first.id,
+                       what="the switch back to alpha")
+        assert [t.answer for t in app.history] == ["use a loop\n"] and len(app.query(Answer)) == 1
+        assert app.settings.temperature == 0.2 and app.engine.backend_name == "torch-fp32"
+        screen = await chat_list(pilot)
+        assert screen.query_one("#chats-table").cursor_row == 1  # on the chat in use
+        await pilot.press("up", "enter")  # the beta chat, once more: the last one opened
+        await wait_for(pilot, lambda: app.engine.model == "beta", what="the switch to beta")
+    # beta stays the settings file's model; the second start opens the chat last opened
+    again = make_app(tmp_path, catalog(), config=FAST)
+    async with again.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert again.active_chat.name == "say hi"
+        assert (again.engine.model, again.engine.backend_name) == ("beta", "fake-int8")
+        assert again.settings.temperature == 0.9
+        assert [(t.instruction, t.answer) for t in again.history] == [("say hi", "beta says hi\n")]
+        shown = again.query_one(Answer)
+        await wait_for(pilot, lambda: shown.show(), what="the restored answer")
+        assert shown.text == "beta says hi\n" and "stopped" in str(shown.query_one(".answer-stats").render())
+
+
+@sync
+async def test_a_chat_whose_model_is_gone_falls_back_to_the_default(tmp_path):
+    from gptui.core.paths import data_dir
+
+    store = ChatStore(data_dir() / "gptui.db")
+    store.create("vanished", "torch-fp32", {"temperature": 0.4}, name="old chat")
+    store.close()
+    app = make_app(tmp_path, catalog(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.engine.model == "alpha" and app.active_chat.name == "old chat"
+        assert any("vanished" in n.message and "default model" in n.message for n in app._notifications)
+        assert app.settings.temperature == 0.4
+        assert app.chats.get(app.active_chat.id).model == "alpha"  # next time: no second notice
+
+
+@sync
+async def test_rename_and_delete_from_the_chat_list(tmp_path):
+    app = make_app(tmp_path, catalog(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await ask(pilot, "first question")
+        await pilot.press("ctrl+n")
+        await ask(pilot, "second question")
+        await chat_list(pilot)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskText))
+        app.screen.query_one(Input).value = "renamed"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatList))  # back in the list
+        assert names(app.screen) == ["renamed", "first question"]
+        assert app.chat.border_title == "Chat · renamed"
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        assert "renamed" in app.screen.question and "1 turn" in app.screen.question
+        await pilot.press("n")  # kept
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatList))
+        assert names(app.screen) == ["renamed", "first question"]
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatList))
+        assert names(app.screen) == ["first question"]
+        assert app.active_chat.name == "first question" and [t.instruction for t in app.history] == ["first question"]
+        await pilot.press("escape")
+    assert [c.name for c in ChatStore(app.chats.path).chats()] == ["first question"]
+
+
+@sync
+async def test_export_writes_markdown_and_asks_before_overwriting(tmp_path):
+    app = make_app(tmp_path, FakeCatalog({"alpha": ["def add(a, b):\n    return a + b\n"]}), config=FAST)
+    target = tmp_path / "out.md"
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.editor.insert("x = 1")
+        app.editor.select_all()
+        await ask(pilot, "add two numbers")
+        for attempt in range(2):
+            await chat_list(pilot)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, AskPath))
+            assert app.screen.query_one(Input).value == "add-two-numbers.md"  # named after the chat
+            app.screen.query_one(Input).value = str(target)
+            await pilot.press("enter")
+            if attempt == 0:
+                await wait_for(pilot, lambda: target.exists(), what="the export")
+                written = target.read_text()
+                target.write_text("mine")
+            else:
+                await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+                await pilot.press("n")
+                assert target.read_text() == "mine"  # refused: the file stays
+    assert written.startswith("# add two numbers\n\nalpha on torch-fp32 · temperature 0.2 · top-k 50 · top-p 1.0 · "
+                              "seed 7 · exported ")
+    assert ("\n## add two numbers\n\nWith this code:\n\n```python\nx = 1\n```\n\n"
+            "```python\ndef add(a, b):\n    return a + b\n```\n\n*") in written
+    assert written.endswith("stopped: end of text*\n")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp file left
+
+
+@sync
+async def test_no_log_keeps_chats_in_memory_and_says_so_once(tmp_path):
+    from gptui.tui.app import create_app
+
+    app = create_app(None, catalog=catalog(), config_path=tmp_path / "c.toml", log=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await ask(pilot, "q")
+        await pilot.press("ctrl+n")
+        screen = await chat_list(pilot)
+        assert names(screen) == ["Chat 1", "q"] and "not saved" in str(screen.query_one(".dialog-title").render())
+        notes = [n.message for n in app._notifications if "memory" in n.message]
+        assert notes == ["Logging is off: chats are kept in memory until the app exits"]
+    assert not app.chats.persistent and not list(tmp_path.rglob("*.db"))
+
+
+@sync
+async def test_a_damaged_database_starts_with_chats_in_memory_and_one_warning(tmp_path):
+    from gptui.core.paths import data_dir
+
+    db = data_dir() / "gptui.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"garbage" * 1000)
+    app = make_app(tmp_path, catalog(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        warnings = [n.message for n in app._notifications if n.severity == "warning"]
+        assert len(warnings) == 1 and "logging is off" in warnings[0] and "chats are kept in memory" in warnings[0]
+        await ask(pilot, "still works")
+        assert app.active_chat.name == "still works" and app.active_chat.turns == 1
+    assert db.read_bytes() == b"garbage" * 1000
