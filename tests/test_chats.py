@@ -287,3 +287,20 @@ async def test_a_damaged_database_starts_with_chats_in_memory_and_one_warning(tm
         await ask(pilot, "still works")
         assert app.active_chat.name == "still works" and app.active_chat.turns == 1
     assert db.read_bytes() == b"garbage" * 1000
+
+
+@sync
+async def test_the_chat_keys_are_listed_and_clash_with_nothing_on_the_main_screen(tmp_path):
+    from gptui.tui.screens.help import HelpScreen
+
+    app = make_app(tmp_path, catalog(), config=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        rows = app.screen.rows
+    assert ("App", "f8", "Chats", "app.chats") in rows and ("App", "ctrl+n", "New chat", "app.new_chat") in rows
+    assert {r[3] for r in rows} >= {"chats.new", "chats.rename", "chats.delete", "chats.export", "chats.close"}
+    main_screen = [r for r in rows if r[0] in ("App", "Editor", "Chat", "Chat input")]
+    for key in ("f8", "ctrl+n"):
+        assert [r[3] for r in main_screen if key in r[1].split(", ")] == [f"app.{'chats' if key == 'f8' else 'new_chat'}"]
