@@ -145,6 +145,7 @@ async def test_new_switch_and_restore_with_model_backend_and_settings(tmp_path):
         await ask(pilot, "add two numbers")
         first = app.active_chat
         assert first.name == "add two numbers" and app.chat.border_title == "Chat · add two numbers"
+        assert ChatStore(app.chats.path).turns(first.id) == app.history  # on disk as soon as it ended
         await pilot.press("ctrl+n")
         assert app.active_chat.id != first.id and app.history == [] and not app.query(Answer)
         app.load_engine("beta", "fake-int8", remember=True)  # as the model picker does

@@ -32,7 +32,7 @@ from ..core.tokenizer import encode
 from .api_requests import fim_layout
 from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
-from .chats import SAMPLING, Chat, ChatStore, to_markdown
+from .chats import SAMPLING, Chat, ChatStore, has_default_name, to_markdown
 from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
 from .ghost import Ghost
@@ -531,7 +531,8 @@ class GptuiApp(App):
         return None
 
     def _show_chat(self) -> None:
-        self.chat.border_title = f"Chat · {self.active_chat.name}"
+        name = self.active_chat.name
+        self.chat.border_title = name if has_default_name(self.active_chat) else f"Chat · {name}"
 
     def _check_chats(self) -> None:
         """Say once that the chats moved to memory after a write failed."""

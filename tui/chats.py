@@ -163,7 +163,7 @@ class ChatStore:
 
     def add_turn(self, chat: Chat, turn: Turn) -> None:
         """Append a finished turn; a chat still called "Chat N" is named after its first question."""
-        if chat.turns == 0 and _DEFAULT_NAME.fullmatch(chat.name):
+        if chat.turns == 0 and has_default_name(chat):
             question = " ".join(turn.instruction.split())
             chat.name = question if len(question) <= NAME_LENGTH else question[: NAME_LENGTH - 1] + "…"
         chat.updated = time.time()
@@ -183,6 +183,11 @@ class ChatStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def has_default_name(chat: Chat) -> bool:
+    """Still called "Chat N", as created."""
+    return bool(_DEFAULT_NAME.fullmatch(chat.name))
 
 
 def _settings_json(settings: dict) -> str:
