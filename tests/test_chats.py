@@ -303,5 +303,5 @@ async def test_the_chat_keys_are_listed_and_clash_with_nothing_on_the_main_scree
     assert ("App", "f8", "Chats", "app.chats") in rows and ("App", "ctrl+n", "New chat", "app.new_chat") in rows
     assert {r[3] for r in rows} >= {"chats.new", "chats.rename", "chats.delete", "chats.export", "chats.close"}
     main_screen = [r for r in rows if r[0] in ("App", "Editor", "Chat", "Chat input")]
-    for key in ("f8", "ctrl+n"):
-        assert [r[3] for r in main_screen if key in r[1].split(", ")] == [f"app.{'chats' if key == 'f8' else 'new_chat'}"]
+    for key, ident in (("f8", "app.chats"), ("ctrl+n", "app.new_chat")):
+        assert [r[3] for r in main_screen if key in r[1].split(", ")] == [ident]
