@@ -8,9 +8,11 @@ in small batches; the UI redraws streaming views on a fixed tick.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import random
+import re
 import time
 from pathlib import Path
 
@@ -31,13 +33,15 @@ from ..core.tokenizer import encode
 from .api_requests import fim_layout
 from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
+from .chats import SAMPLING, Chat, ChatStore, has_default_name, to_markdown
 from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
 from .ghost import Ghost
 from .history import History
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
+from .screens.chats import ChatList
 from .screens.compare import CompareScreen
-from .screens.dialogs import AskPath, Confirm
+from .screens.dialogs import AskPath, AskText, Confirm
 from .screens.help import HelpScreen, binding_rows
 from .screens.picker import ModelPicker, human_params
 from .screens.settings import SettingsScreen
@@ -65,6 +69,8 @@ class GptuiApp(App):
         Binding("f4", "compare", "Compare", id="app.compare"),
         Binding("f5", "toggle_inspect", "Look inside", id="app.inspect"),
         Binding("ctrl+t", "toggle_focus", "Editor/chat", id="app.focus"),
+        Binding("f8", "chats", "Chats", id="app.chats"),
+        Binding("ctrl+n", "new_chat", "New chat", id="app.new_chat", show=False),
     ]
 
     inspect: reactive[bool] = reactive(False)
@@ -75,10 +81,13 @@ class GptuiApp(App):
 
     def __init__(self, *, text: str, path: Path | None, disk_hash: str | None, open_error: str | None,
                  model: str | None, backend: str | None, catalog: Catalog, settings: Settings,
-                 config_path: Path, warnings: list[str], history: History | None = None) -> None:
+                 config_path: Path, warnings: list[str], history: History | None = None,
+                 chats: ChatStore | None = None) -> None:
         super().__init__()
         self.log_book = history or History(enabled=False)
         """Where completions and chat answers are recorded (disabled: records nothing)."""
+        self.chats = chats or ChatStore(None)
+        """The named chats: in the log's database, or in memory when nothing may be written there."""
         # The completion on show: its ghost, what produced it and its log entry, until the user
         # accepts, partly accepts or dismisses it.
         self._logged_ghost: dict | None = None
@@ -90,16 +99,33 @@ class GptuiApp(App):
         self.engine: Engine | None = None
         self.fim = False  # the engine's model fills in the middle: completions see the code after the cursor
         self._text = text
-        if self.log_book.warning:
-            warnings = [*warnings, self.log_book.warning]
-        self._startup_notes = [(w, "warning") for w in warnings] + ([(open_error, "error")] if open_error else [])
-        self._first_model = (model or settings.model, backend or settings.backend or DEFAULT_BACKEND)
+        notes = [(w, "warning") for w in warnings]
+        if self.log_book.warning:  # one line for the log and the chats that live in it
+            notes.append((self.log_book.warning + "; chats are kept in memory until the app exits", "warning"))
+        elif self.chats.warning:
+            notes.append((self.chats.warning, "warning"))
+        elif not self.chats.persistent:
+            notes.append(("Logging is off: chats are kept in memory until the app exits", "information"))
+        self._chats_warned = self.chats.warning
+        self._startup_notes = notes + ([(open_error, "error")] if open_error else [])
+        # The last chat opened comes back with its model, backend and sampling; the command line
+        # wins over the chat, the chat over the settings file.
+        self.active_chat: Chat = self.chats.last_opened() or self.chats.create(None, None, self._sampling())
+        if problem := self._apply_chat_settings(self.active_chat):
+            self._startup_notes.append((problem, "warning"))
+        self._chat_model: tuple[str, str] | None = None  # a chat's model being loaded: on failure, the default
+        if model or backend or not self.active_chat.model:
+            self._first_model = (model or settings.model, backend or settings.backend or DEFAULT_BACKEND)
+        else:
+            self._first_model = self._chat_model = (self.active_chat.model,
+                                                     self.active_chat.backend or DEFAULT_BACKEND)
+        self.engine_model: str | None = None  # the loaded model as the catalog was asked for it
         self._requests = itertools.count(1)
         self.completion_request = 0  # the completion whose tokens the editor shows
         self.chat_request = 0  # the chat answer streaming now (0: none)
         self.chat_turn: tuple[str, str, Answer, ChatPrompt] | None = None
         self.chat_params: SamplingParams | None = None  # the sampling of the chat answer streaming now
-        self.history: list[Turn] = []
+        self.history: list[Turn] = self.chats.turns(self.active_chat.id)  # the active chat's turns
         self.readout = Readout()
         self.last_seed: int | None = None
         self.loading: str | None = None  # what is loading in the background, for the status line
@@ -132,7 +158,8 @@ class GptuiApp(App):
         for note, severity in self._startup_notes:
             self.tell(note, severity)
         self._show_title()
-        self.chat.border_title = "Chat"
+        self._show_chat()
+        self._show_turns()
         self.query_one("#inspector-box").border_title = "Look inside"
         self.speed.show()
         self.editor.focus()
@@ -205,7 +232,7 @@ class GptuiApp(App):
             self.post_message(ModelFailed(model, backend, f"{type(e).__name__}: {e}"))
             return
         if not get_current_worker().is_cancelled:
-            self.post_message(ModelLoaded(engine, model if remember else None))
+            self.post_message(ModelLoaded(engine, model if remember else None, model))
 
     def _loading(self, model: str | None, backend: str) -> None:
         self.loading = f"loading {model or 'the default model'} on {backend}…"
@@ -221,6 +248,10 @@ class GptuiApp(App):
         self._stop_generations()
         engine = message.engine
         self.engine = engine
+        self.engine_model = message.requested or engine.model
+        self._chat_model = None
+        self.chats.set_engine(self.active_chat, self.engine_model, engine.backend_name)
+        self._check_chats()
         self.fim = folder_supports_fim(engine.folder, engine.encoding)
         self.speed.set_engine(self._engine_line())
         if self._missed_completion:  # the user typed while the first model loaded
@@ -237,6 +268,17 @@ class GptuiApp(App):
         self.build.remove_class("-active")
         self.speed.set_engine(self._engine_line())
         what = f"{message.model or 'default model'} on {message.backend}"
+        if self._chat_model == (message.model, message.backend):  # a model the chat had is gone
+            self._chat_model = None
+            if self.engine is None:
+                self.tell(f"This chat's model, {what}, is not available ({message.error}); using the default "
+                          "model", "warning")
+                self.load_engine(None, DEFAULT_BACKEND)
+            else:
+                self.tell(f"This chat's model, {what}, is not available ({message.error}); it goes on with "
+                          f"{self.engine.model} on {self.engine.backend_name}", "warning")
+                self.chats.set_engine(self.active_chat, self.engine_model, self.engine.backend_name)
+            return
         kept = f"; still using {self.engine.model} on {self.engine.backend_name}" if self.engine else ""
         self.tell(f"Could not load {what}: {message.error}{kept}", "error")
 
@@ -397,6 +439,7 @@ class GptuiApp(App):
     def on_unmount(self) -> None:
         self._settle_ghost(replaced=True)
         self.log_book.close()
+        self.chats.close()
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.kind == "chat" and message.request == self.chat_request:
@@ -412,9 +455,7 @@ class GptuiApp(App):
             self.tell("No model loaded: pick one with F2", "warning")
             return
         self.editor.drop_ghost("chat")
-        if self.chat_turn is not None:
-            self.workers.cancel_group(self, "chat")
-            self._finish_chat(None)
+        self._stop_chat()
         selection = self.editor.selected_text
         reserve = min(self.settings.chat_max_tokens, self.engine.block_size // 2)
         prompt = build_prompt(self.engine.encoding, self.history, message.instruction, selection,
@@ -440,8 +481,12 @@ class GptuiApp(App):
         else:
             answer.set_stats("stopped")
         self._stale_answers.add(answer)
-        if answer.text.strip():
-            self.history.append(Turn(instruction, selection, answer.text))
+        if answer.text.strip():  # saved as it ends: a killed app loses at most the answer streaming
+            turn = Turn(instruction, selection, answer.text, answer.stats)
+            self.history.append(turn)
+            self.chats.add_turn(self.active_chat, turn)
+            self._show_chat()
+            self._check_chats()
         kept = done is not None and done.reason != "cancelled" and bool(answer.text.strip())
         self.log_book.record("chat", instruction, answer.text, model=self.engine.model if self.engine else None,
                              backend=self.engine.backend_name if self.engine else None, params=self.chat_params,
@@ -449,6 +494,12 @@ class GptuiApp(App):
         self.chat.show_meter(prompt, done.tokens if done else 0)
         self.chat_request = 0
         self.chat_turn = None
+
+    def _stop_chat(self) -> None:
+        """End the answer streaming now, keeping what came so far."""
+        if self.chat_turn is not None:
+            self.workers.cancel_group(self, "chat")
+            self._finish_chat(None)
 
     def on_chat_pane_stop(self, message: ChatPane.Stop) -> None:
         self.workers.cancel_group(self, "chat")
@@ -464,6 +515,132 @@ class GptuiApp(App):
         editor.replace(code, start, end) if start != end else editor.insert(code)
         editor.focus()
         self.tell(f"Inserted {code.count(chr(10))} lines into the editor")
+
+    # ---- named chats ----
+
+    def _sampling(self) -> dict:
+        return {name: getattr(self.settings, name) for name in SAMPLING}
+
+    def _apply_chat_settings(self, chat: Chat) -> str | None:
+        """Use the chat's sampling settings; a problem with them, in one line, when they cannot be used."""
+        try:
+            settings = dataclasses.replace(self.settings, **chat.settings)
+            settings.validate()
+        except (GptuiError, TypeError, ValueError) as e:
+            return f"Chat {chat.name!r} has unusable settings ({e}); using the current ones"
+        self.settings = settings
+        return None
+
+    def _show_chat(self) -> None:
+        name = self.active_chat.name
+        self.chat.border_title = name if has_default_name(self.active_chat) else f"Chat · {name}"
+
+    def _check_chats(self) -> None:
+        """Say once that the chats moved to memory after a write failed."""
+        if self.chats.warning != self._chats_warned:
+            self._chats_warned = self.chats.warning
+            self.tell(self.chats.warning, "warning")
+
+    def _show_turns(self) -> None:
+        for turn in self.history:
+            self._stale_answers.add(self.chat.new_answer(turn.instruction, turn.answer, turn.stats))
+
+    def _open_chat(self, chat: Chat) -> None:
+        """Make `chat` the active one: its turns, its settings, and its model once loaded."""
+        self._stop_chat()
+        self.active_chat = chat
+        self.chats.opened(chat)
+        if problem := self._apply_chat_settings(chat):
+            self.tell(problem, "warning")
+        self.history = self.chats.turns(chat.id)
+        self._stale_answers.clear()
+        self.chat.clear()
+        self._show_turns()
+        self._show_chat()
+        current = (self.engine_model, self.engine.backend_name) if self.engine else None
+        if chat.model and ((chat.model, chat.backend or DEFAULT_BACKEND) != current or self.loading):
+            self._chat_model = (chat.model, chat.backend or DEFAULT_BACKEND)
+            self.load_engine(*self._chat_model)
+        elif self.engine is not None and not chat.model:
+            self.chats.set_engine(chat, self.engine_model, self.engine.backend_name)
+        self._check_chats()
+        self._dirty = True
+
+    def action_new_chat(self) -> None:
+        """A new chat with the model, backend and settings in use now."""
+        backend = self.engine.backend_name if self.engine else None
+        self._open_chat(self.chats.create(self.engine_model, backend, self._sampling()))
+        self.tell(f"New chat: {self.active_chat.name}")
+
+    def action_chats(self) -> None:
+        if isinstance(self.screen, ChatList):
+            return
+        self.push_screen(ChatList(self.chats.chats(), self.active_chat.id, self.chats.persistent), self._chat_chosen)
+
+    def _chat_chosen(self, choice: tuple[str, int | None] | None) -> None:
+        if choice is None:
+            return
+        action, chat_id = choice
+        if action == "new":
+            self.action_new_chat()
+            return
+        chat = self.active_chat if chat_id == self.active_chat.id else self.chats.get(chat_id)
+        if chat is None:  # deleted by another gptui meanwhile
+            self.action_chats()
+        elif action == "switch":
+            if chat is not self.active_chat:
+                self._open_chat(chat)
+        elif action == "rename":
+            self.push_screen(AskText("Rename the chat:", chat.name, placeholder="chat name",
+                                     hint="Enter to rename, Esc to cancel"), lambda name: self._rename(chat, name))
+        elif action == "delete":
+            turns = f"its {chat.turns} turn{'s' if chat.turns != 1 else ''}" if chat.turns else "it"
+            self.push_screen(Confirm(f"Delete the chat {chat.name!r} and {turns}?", yes="Delete", no="Keep"),
+                             lambda ok: self._delete(chat) if ok else self.action_chats())
+        elif action == "export":
+            self.push_screen(AskPath("Export the chat to Markdown:", _file_name(chat.name) + ".md",
+                                     placeholder="chat.md", hint="Enter to write, Esc to cancel"),
+                             lambda path: path and self._export(chat, Path(path).expanduser()))
+
+    def _rename(self, chat: Chat, name: str | None) -> None:
+        if name:
+            self.chats.rename(chat, name)
+            self._show_chat()
+            self._check_chats()
+        self.action_chats()
+
+    def _delete(self, chat: Chat) -> None:
+        if chat is self.active_chat:
+            self._stop_chat()
+        self.chats.delete(chat)
+        if chat is self.active_chat:
+            following = self.chats.last_opened()
+            if following is None:
+                backend = self.engine.backend_name if self.engine else None
+                following = self.chats.create(self.engine_model, backend, self._sampling())
+            self._open_chat(following)
+        self.tell(f"Deleted the chat {chat.name!r}")
+        self.action_chats()
+
+    def _export(self, chat: Chat, path: Path) -> None:
+        """Asks before replacing a file, as saving the buffer under a new name does."""
+        turns = self.history if chat is self.active_chat else self.chats.turns(chat.id)
+        text = to_markdown(chat, turns)
+
+        def write(ok: bool = True) -> None:
+            if not ok:
+                return
+            try:
+                write_atomic(path, text.encode("utf-8"))
+            except OSError as e:
+                self.tell(f"Cannot export to {path}: {e.strerror or e}", "error")
+                return
+            self.tell(f"Exported {chat.name!r} to {path}")
+
+        if path.exists():
+            self.push_screen(Confirm(f"{path} already exists. Overwrite it?", yes="Overwrite", no="Cancel"), write)
+        else:
+            write()
 
     # ---- editor and files ----
 
@@ -513,8 +690,9 @@ class GptuiApp(App):
 
     def action_help(self) -> None:
         areas = [("App", GptuiApp), ("Editor", GhostEditor), ("Chat", ChatPane), ("Chat input", Input),
-                 ("Look inside", Inspector), ("Model picker", ModelPicker), ("Settings", SettingsScreen),
-                 ("Compare", CompareScreen), ("Dialogs", Confirm), ("Help", HelpScreen)]
+                 ("Chat list", ChatList), ("Look inside", Inspector), ("Model picker", ModelPicker),
+                 ("Settings", SettingsScreen), ("Compare", CompareScreen), ("Dialogs", Confirm),
+                 ("Text prompt", AskText), ("Help", HelpScreen)]
         self.push_screen(HelpScreen(binding_rows(areas, self.settings.keys), str(self.config_path)))
 
     def action_settings(self) -> None:
@@ -524,6 +702,8 @@ class GptuiApp(App):
             self.settings = settings
             self.editor.debounce = settings.debounce_ms / 1000
             self._save_settings()
+            self.chats.set_settings(self.active_chat, self._sampling())
+            self._check_chats()
             self._dirty = True
 
         self.push_screen(SettingsScreen(self.settings, self.config_path), saved)
@@ -563,6 +743,11 @@ class GptuiApp(App):
             self.editor.focus()
 
 
+def _file_name(name: str) -> str:
+    """A chat name as a file name: letters, digits, dots and dashes."""
+    return re.sub(r"[^\w.-]+", "-", name).strip("-.")[:60] or "chat"
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -590,15 +775,16 @@ def create_app(path: str | Path | None = None, model: str | None = None, backend
                catalog: Catalog | None = None, config_path: Path | None = None, log: bool = True,
                db_path: Path | None = None) -> GptuiApp:
     """The one way to build the app: the CLI passes its arguments, tests pass a fake catalog.
-    `log` False (`--no-log`) or `[log] enabled = false` keeps no history; `db_path` overrides
-    where it goes."""
+    `log` False (`--no-log`) or `[log] enabled = false` keeps no history, and chats in memory only;
+    `db_path` overrides where both go."""
     config_path = config_path or settings_path()
     settings, warnings = load_settings(config_path)
     text, path, disk_hash, error = open_source(path)
     history = History(db_path, enabled=log and settings.log_enabled, source="app")
+    chats = ChatStore(history.path if history.enabled else None)
     return GptuiApp(text=text, path=path, disk_hash=disk_hash, open_error=error, model=model, backend=backend,
                     catalog=catalog or Catalog(), settings=settings, config_path=config_path, warnings=warnings,
-                    history=history)
+                    history=history, chats=chats)
 
 
 def run_app(path: str | None = None, model: str | None = None, backend: str | None = None, log: bool = True) -> None:

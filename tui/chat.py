@@ -22,6 +22,7 @@ class Turn:
     instruction: str
     input: str
     answer: str
+    stats: str = ""  # tokens, speed and why it stopped, as the chat pane shows them
 
 
 @dataclass

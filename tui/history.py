@@ -1,4 +1,5 @@
 """The log of every completion and chat answer, in SQLite at $XDG_DATA_HOME/gptui/gptui.db.
+The same database keeps the app's named chats (tui/chats.py; schema version 2).
 
 One row per generation, written when it ends; ghost-text rows are updated when the user
 accepts (all or part) or dismisses them. WAL mode and a busy timeout let two app instances,
@@ -48,6 +49,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX entries_model ON entries (model, id)",
     ),
+    # Named chats (tui/chats.py): what a chat needs to come back as it was on the next start.
+    2: (
+        """CREATE TABLE chats (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,          -- last turn, rename or settings change
+            opened REAL NOT NULL,           -- last time it was the active chat: the next start opens it
+            model TEXT, backend TEXT,       -- as the model picker or a chat switch loaded them
+            settings TEXT NOT NULL DEFAULT '{}'  -- JSON of the sampling settings
+        )""",
+        """CREATE TABLE chat_messages (
+            chat_id INTEGER NOT NULL,
+            position INTEGER NOT NULL,      -- 0, 1, ... in the chat: a user message, then its answer
+            role TEXT NOT NULL,             -- user or assistant
+            text TEXT NOT NULL,             -- the instruction, or the answer
+            input TEXT NOT NULL DEFAULT '',  -- user: the editor selection sent with it
+            stats TEXT NOT NULL DEFAULT '',  -- assistant: tokens, speed and why it stopped
+            created REAL NOT NULL,
+            PRIMARY KEY (chat_id, position)
+        )""",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -88,6 +111,14 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     except GptuiError:
         conn.close()
         raise
+    return conn
+
+
+def connect_memory() -> sqlite3.Connection:
+    """A migrated database that lives as long as its connection: chats when nothing may be written."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    _migrate(conn, Path(":memory:"))
     return conn
 
 

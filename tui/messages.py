@@ -31,12 +31,14 @@ class GenerationFailed(Message):
 
 
 class ModelLoaded(Message):
-    """`remember_as`: the model as the user picked it (name or folder), to open next time."""
+    """`requested`: the model as asked for (name or folder; None: the default), which the chat
+    records; `remember_as`: the same when the user picked it, to be the default next time."""
 
-    def __init__(self, engine: Engine, remember_as: str | None = None) -> None:
+    def __init__(self, engine: Engine, remember_as: str | None = None, requested: str | None = None) -> None:
         super().__init__()
         self.engine = engine
         self.remember_as = remember_as
+        self.requested = requested
 
 
 class ModelFailed(Message):

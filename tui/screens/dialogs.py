@@ -1,4 +1,4 @@
-"""Small modal questions: yes/no, and a file name to save under."""
+"""Small modal questions: yes/no, and one line of text (a file name to save under, a chat name)."""
 
 from __future__ import annotations
 
@@ -33,23 +33,28 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(answer)
 
 
-class AskPath(ModalScreen[str | None]):
-    """Where to save a buffer that has no file yet."""
+class AskText(ModalScreen[str | None]):
+    """One line of text: a file to save under, a chat's new name."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="ask_path.cancel")]
 
-    def __init__(self, question: str, value: str = "") -> None:
+    def __init__(self, question: str, value: str = "", placeholder: str = "path/to/file.py",
+                 hint: str = "Enter to save, Esc to cancel") -> None:
         super().__init__()
-        self.question, self.value = question, value
+        self.question, self.value, self.placeholder, self.hint = question, value, placeholder, hint
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-question")
-            yield Input(self.value, placeholder="path/to/file.py", id="path")
-            yield Label("Enter to save, Esc to cancel", classes="dialog-hint")
+            yield Label(self.question, classes="dialog-question", markup=False)
+            yield Input(self.value, placeholder=self.placeholder, id="path")
+            yield Label(self.hint, classes="dialog-hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class AskPath(AskText):
+    """Where to save a buffer that has no file yet, or export a chat to."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Button, Input, Markdown, Static
 
@@ -14,12 +17,12 @@ from ..chat import ChatPrompt, as_markdown
 class Answer(Vertical):
     """One exchange: the instruction, the streamed answer as Markdown, and what to do with it."""
 
-    def __init__(self, instruction: str, index: int) -> None:
+    def __init__(self, instruction: str, index: int, text: str = "", stats: str = "") -> None:
         super().__init__(classes="exchange")
         self.instruction = instruction
         self.index = index
-        self.text = ""
-        self.stats = ""
+        self.text = text
+        self.stats = stats
         self._shown = None  # the Markdown source last rendered
         self._rendering = None  # that render, while it runs
 
@@ -29,7 +32,7 @@ class Answer(Vertical):
         with Horizontal(classes="answer-bar"):
             yield Button("Copy", id=f"copy-{self.index}", classes="copy", compact=True)
             yield Button("Insert", id=f"insert-{self.index}", classes="insert", compact=True)
-        yield Static("", classes="answer-stats")
+        yield Static(self.stats, classes="answer-stats", markup=False)
 
     def add(self, text: str) -> None:
         self.text += text
@@ -45,8 +48,12 @@ class Answer(Vertical):
             return self._rendering is None or self._rendering.is_done
         if self._rendering is not None and not self._rendering.is_done:
             return False
+        try:
+            markdown = self.query_one(Markdown)
+        except NoMatches:  # a restored answer not mounted yet
+            return False
         self._shown = source
-        self._rendering = self.query_one(Markdown).update(source)
+        self._rendering = markdown.update(source)
         return False
 
     def set_stats(self, stats: str) -> None:
@@ -77,6 +84,10 @@ class ChatPane(Vertical):
             self.action = action
             self.text = text
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._numbers = itertools.count()  # answer indices, never reused: buttons find their answer by them
+
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="chat-log")
         yield Static("context: -", id="chat-meter")
@@ -93,12 +104,17 @@ class ChatPane(Vertical):
             event.input.clear()
             self.post_message(self.Ask(text))
 
-    def new_answer(self, instruction: str) -> Answer:
-        answer = Answer(instruction, len(self.answers))
+    def new_answer(self, instruction: str, text: str = "", stats: str = "") -> Answer:
+        answer = Answer(instruction, next(self._numbers), text, stats)
         log = self.query_one("#chat-log", VerticalScroll)
         log.mount(answer)
         log.anchor()
         return answer
+
+    def clear(self) -> None:
+        """Empty the log for another chat."""
+        self.query_one("#chat-log", VerticalScroll).remove_children()
+        self.query_one("#chat-meter", Static).update("context: -")
 
     def show_meter(self, prompt: ChatPrompt, generated: int = 0) -> None:
         used = min(prompt.window, prompt.used + generated)
