@@ -631,7 +631,7 @@ class GptuiApp(App):
             if not ok:
                 return
             try:
-                write_atomic(path, text.encode("utf-8"))
+                write_bytes_atomic(path, text.encode("utf-8"))
             except OSError as e:
                 self.tell(f"Cannot export to {path}: {e.strerror or e}", "error")
                 return
