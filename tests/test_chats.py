@@ -11,7 +11,7 @@ from tui_fakes import SIZE, FakeCatalog, make_app, ready, sync, wait_for
 
 from gptui.tui.chat import Turn
 from gptui.tui.chats import ChatStore, to_markdown
-from gptui.tui.history import MIGRATIONS, SCHEMA_VERSION, History, recent
+from gptui.core.history import MIGRATIONS, SCHEMA_VERSION, History, recent
 from gptui.tui.screens.chats import ChatList
 from gptui.tui.screens.dialogs import AskPath, AskText, Confirm
 from gptui.tui.widgets.chat import Answer

@@ -14,7 +14,7 @@ from tui_fakes import SIZE, FakeCatalog, make_app, ready, sync, wait_for
 from gptui.core.generate import DoneEvent
 from gptui.core.sampling import SamplingParams
 from gptui.tui.cli import main
-from gptui.tui.history import SCHEMA_VERSION, History, db_path, recent, training_rows
+from gptui.core.history import SCHEMA_VERSION, History, db_path, recent, training_rows
 
 DONE = DoneEvent(text="", reason="eos", prompt_tokens=5, dropped_prompt_tokens=0, tokens=4,
                  time_to_first_token=0.01, decode_tokens_per_s=100.0, total_time=0.05)
@@ -242,7 +242,7 @@ def test_a_writer_killed_mid_write_leaves_a_usable_database(log_db):
     import sys
     import time
 
-    code = ("from gptui.tui.history import History\nh = History()\nprint('ready', flush=True)\n"
+    code = ("from gptui.core.history import History\nh = History()\nprint('ready', flush=True)\n"
             "while True:\n    h.record('chat', 'q', 'a' * 1000, model='m', backend='b', outcome='kept')\n")
     writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=os.environ.copy())
     assert writer.stdout.readline().strip() == b"ready"

@@ -74,7 +74,7 @@ def prepare(roots, hf_source, mine_roots, from_log, holdout, holdout_from, out, 
             source = {"type": "hf", "name": hf_source}
             ds = load_instructions(hf_source, cache / "datasets")
         elif from_log:
-            from ..tui.history import db_path
+            from ..core.history import db_path
             from .from_log import log_to_jsonl
 
             db = db_path() if from_log == "-" else Path(from_log).expanduser()

@@ -19,7 +19,7 @@ from ..core.errors import GptuiError
 def log_to_jsonl(db: Path, cache: Path) -> tuple[Path, dict]:
     """Write the log's training rows to a JSONL file under cache (named by its content, so an
     unchanged log reuses the prepared output). Returns (path, counts by shape)."""
-    from ..tui.history import training_rows
+    from ..core.history import training_rows
 
     if not db.exists():
         raise GptuiError(f"{db}: no such log database (see `gptui logs path`)")

@@ -37,7 +37,7 @@ from .chats import SAMPLING, Chat, ChatStore, has_default_name, to_markdown
 from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
 from .ghost import Ghost
-from .history import History
+from ..core.history import History
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
 from .screens.chats import ChatList
 from .screens.compare import CompareScreen

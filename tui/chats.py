@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..core.errors import GptuiError
 from .chat import Turn, as_markdown
-from .history import connect, connect_memory
+from ..core.history import connect, connect_memory
 from .settings import SECTIONS
 
 SAMPLING = SECTIONS["sampling"]  # the Settings fields a chat keeps

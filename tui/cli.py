@@ -79,7 +79,7 @@ def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repe
     stdin_piped = not sys.stdin.isatty()
     if not stdin_piped and (prompt is None or Path(prompt).suffix == ".py" and Path(prompt).is_file()):
         return open_app(prompt, model, backend, log=not no_log)
-    from .history import History
+    from ..core.history import History
     from .settings import CHAT_NO_REPEAT_NGRAM, CHAT_STOP_REPEATS, load_settings
 
     # Greedy answers to instructions loop; plain completion keeps the model's own distribution.
@@ -156,7 +156,7 @@ def logs(ctx, count, as_json, model):
         return
     import json
 
-    from .history import db_path, describe, recent
+    from ..core.history import db_path, describe, recent
 
     path = db_path()
     if not path.exists():
@@ -174,7 +174,7 @@ def logs(ctx, count, as_json, model):
 @logs.command("path")
 def logs_path():
     """Print where the log database is ($GPTUI_DB, else gptui.db in the data folder)."""
-    from .history import db_path
+    from ..core.history import db_path
 
     click.echo(str(db_path()))
 

@@ -58,7 +58,7 @@ def run_filter(
     instruct: bool = False,
     history=None,
 ) -> DoneEvent:
-    """`history` (a tui.history.History): where the finished generation is logged, if anywhere."""
+    """`history` (a core.history.History): where the finished generation is logged, if anywhere."""
     folder, encoding, backend, _ = open_for_generation(model, backend_name)
     asked = prompt
     if instruct:

@@ -19,8 +19,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from ..core.errors import GptuiError
-from ..core.paths import data_dir
+from .errors import GptuiError
+from .paths import data_dir
 
 log = logging.getLogger(__name__)
 
