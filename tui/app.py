@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import itertools
 import random
-import re
 import time
 from pathlib import Path
 
@@ -26,18 +25,20 @@ from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
 from ..core.atomic import write_bytes_atomic
+from ..core.backends import DEFAULT_BACKEND
 from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent, generate
+from ..core.history import History
 from ..core.sampling import SamplingParams
 from ..core.tokenizer import encode
 from .api_requests import fim_layout
 from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
-from .chats import SAMPLING, Chat, ChatStore, has_default_name, to_markdown
+from .chat_actions import ChatActions
+from .chats import Chat, ChatStore
 from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
 from .ghost import Ghost
-from ..core.history import History
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
 from .screens.chats import ChatList
 from .screens.compare import CompareScreen
@@ -51,13 +52,24 @@ from .widgets.editor import GhostEditor
 from .widgets.inspector import Inspector
 from .widgets.status import BuildBar, Readout, SpeedBar
 
-DEFAULT_BACKEND = "torch-fp32"
 ALTERNATIVES = 5  # top tokens recorded per step for the look-inside view
 BATCH_SECONDS = 0.02  # workers post tokens in batches at most this far apart
 REPAINT_HZ = 12  # streaming text and numbers redraw this often: smooth to the eye, cheap for the UI
 
 
-class GptuiApp(App):
+@dataclasses.dataclass
+class StreamingTurn:
+    """The chat answer streaming now: what was asked, about which selection, where it shows, the
+    prompt it fitted into the context and the sampling it runs with."""
+
+    instruction: str
+    selection: str
+    answer: Answer
+    prompt: ChatPrompt
+    params: SamplingParams
+
+
+class GptuiApp(ChatActions, App):
     CSS_PATH = "gptui.tcss"
     TITLE = "gptui"
     BINDINGS = [
@@ -123,8 +135,7 @@ class GptuiApp(App):
         self._requests = itertools.count(1)
         self.completion_request = 0  # the completion whose tokens the editor shows
         self.chat_request = 0  # the chat answer streaming now (0: none)
-        self.chat_turn: tuple[str, str, Answer, ChatPrompt] | None = None
-        self.chat_params: SamplingParams | None = None  # the sampling of the chat answer streaming now
+        self.chat_turn: StreamingTurn | None = None
         self.history: list[Turn] = self.chats.turns(self.active_chat.id)  # the active chat's turns
         self.readout = Readout()
         self.last_seed: int | None = None
@@ -210,7 +221,7 @@ class GptuiApp(App):
         self.speed.readout = self.readout
         self.speed.set_engine(self._engine_line())
         if self.chat_turn is not None:
-            self.chat.show_meter(self.chat_turn[3], self.readout.tokens)
+            self.chat.show_meter(self.chat_turn.prompt, self.readout.tokens)
         if self.inspect:  # its height follows its text, so it needs a layout pass
             self.inspector.refresh(layout=True)
 
@@ -397,7 +408,7 @@ class GptuiApp(App):
                 self.editor.finish_ghost(request, event)
                 self._log_completion(event)
         elif self.chat_turn is not None:
-            answer = self.chat_turn[2]
+            answer = self.chat_turn.answer
             if isinstance(event, TokenEvent):
                 answer.add(event.text)
                 self._stale_answers.add(answer)
@@ -464,14 +475,14 @@ class GptuiApp(App):
         self.chat.show_meter(prompt)
         request = next(self._requests)
         self.chat_request = request
-        self.chat_turn = (message.instruction, selection, answer, prompt)
         params = self.settings.sampling(self.settings.chat_max_tokens, self._seed())
-        self.chat_params = params
+        self.chat_turn = StreamingTurn(message.instruction, selection, answer, prompt, params)
         self._start_readout("chat", request, prompt.used)
         self.run_generation("chat", request, self.engine, prompt.ids, params)
 
     def _finish_chat(self, done: DoneEvent | None) -> None:
-        instruction, selection, answer, prompt = self.chat_turn
+        turn = self.chat_turn
+        answer = turn.answer
         if done is not None:
             answer.add(done.text)
             if done.retract:  # the repeats a "repetition" stop cut off
@@ -482,16 +493,16 @@ class GptuiApp(App):
             answer.set_stats("stopped")
         self._stale_answers.add(answer)
         if answer.text.strip():  # saved as it ends: a killed app loses at most the answer streaming
-            turn = Turn(instruction, selection, answer.text, answer.stats)
-            self.history.append(turn)
-            self.chats.add_turn(self.active_chat, turn)
+            kept_turn = Turn(turn.instruction, turn.selection, answer.text, answer.stats)
+            self.history.append(kept_turn)
+            self.chats.add_turn(self.active_chat, kept_turn)
             self._show_chat()
             self._check_chats()
         kept = done is not None and done.reason != "cancelled" and bool(answer.text.strip())
-        self.log_book.record("chat", instruction, answer.text, model=self.engine.model if self.engine else None,
-                             backend=self.engine.backend_name if self.engine else None, params=self.chat_params,
-                             done=done, context=selection, outcome="kept" if kept else "stopped")
-        self.chat.show_meter(prompt, done.tokens if done else 0)
+        self.log_book.record("chat", turn.instruction, answer.text, model=self.engine.model if self.engine else None,
+                             backend=self.engine.backend_name if self.engine else None, params=turn.params,
+                             done=done, context=turn.selection, outcome="kept" if kept else "stopped")
+        self.chat.show_meter(turn.prompt, done.tokens if done else 0)
         self.chat_request = 0
         self.chat_turn = None
 
@@ -515,132 +526,6 @@ class GptuiApp(App):
         editor.replace(code, start, end) if start != end else editor.insert(code)
         editor.focus()
         self.tell(f"Inserted {code.count(chr(10))} lines into the editor")
-
-    # ---- named chats ----
-
-    def _sampling(self) -> dict:
-        return {name: getattr(self.settings, name) for name in SAMPLING}
-
-    def _apply_chat_settings(self, chat: Chat) -> str | None:
-        """Use the chat's sampling settings; a problem with them, in one line, when they cannot be used."""
-        try:
-            settings = dataclasses.replace(self.settings, **chat.settings)
-            settings.validate()
-        except (GptuiError, TypeError, ValueError) as e:
-            return f"Chat {chat.name!r} has unusable settings ({e}); using the current ones"
-        self.settings = settings
-        return None
-
-    def _show_chat(self) -> None:
-        name = self.active_chat.name
-        self.chat.border_title = name if has_default_name(self.active_chat) else f"Chat · {name}"
-
-    def _check_chats(self) -> None:
-        """Say once that the chats moved to memory after a write failed."""
-        if self.chats.warning != self._chats_warned:
-            self._chats_warned = self.chats.warning
-            self.tell(self.chats.warning, "warning")
-
-    def _show_turns(self) -> None:
-        for turn in self.history:
-            self._stale_answers.add(self.chat.new_answer(turn.instruction, turn.answer, turn.stats))
-
-    def _open_chat(self, chat: Chat) -> None:
-        """Make `chat` the active one: its turns, its settings, and its model once loaded."""
-        self._stop_chat()
-        self.active_chat = chat
-        self.chats.opened(chat)
-        if problem := self._apply_chat_settings(chat):
-            self.tell(problem, "warning")
-        self.history = self.chats.turns(chat.id)
-        self._stale_answers.clear()
-        self.chat.clear()
-        self._show_turns()
-        self._show_chat()
-        current = (self.engine_model, self.engine.backend_name) if self.engine else None
-        if chat.model and ((chat.model, chat.backend or DEFAULT_BACKEND) != current or self.loading):
-            self._chat_model = (chat.model, chat.backend or DEFAULT_BACKEND)
-            self.load_engine(*self._chat_model)
-        elif self.engine is not None and not chat.model:
-            self.chats.set_engine(chat, self.engine_model, self.engine.backend_name)
-        self._check_chats()
-        self._dirty = True
-
-    def action_new_chat(self) -> None:
-        """A new chat with the model, backend and settings in use now."""
-        backend = self.engine.backend_name if self.engine else None
-        self._open_chat(self.chats.create(self.engine_model, backend, self._sampling()))
-        self.tell(f"New chat: {self.active_chat.name}")
-
-    def action_chats(self) -> None:
-        if isinstance(self.screen, ChatList):
-            return
-        self.push_screen(ChatList(self.chats.chats(), self.active_chat.id, self.chats.persistent), self._chat_chosen)
-
-    def _chat_chosen(self, choice: tuple[str, int | None] | None) -> None:
-        if choice is None:
-            return
-        action, chat_id = choice
-        if action == "new":
-            self.action_new_chat()
-            return
-        chat = self.active_chat if chat_id == self.active_chat.id else self.chats.get(chat_id)
-        if chat is None:  # deleted by another gptui meanwhile
-            self.action_chats()
-        elif action == "switch":
-            if chat is not self.active_chat:
-                self._open_chat(chat)
-        elif action == "rename":
-            self.push_screen(AskText("Rename the chat:", chat.name, placeholder="chat name",
-                                     hint="Enter to rename, Esc to cancel"), lambda name: self._rename(chat, name))
-        elif action == "delete":
-            turns = f"its {chat.turns} turn{'s' if chat.turns != 1 else ''}" if chat.turns else "it"
-            self.push_screen(Confirm(f"Delete the chat {chat.name!r} and {turns}?", yes="Delete", no="Keep"),
-                             lambda ok: self._delete(chat) if ok else self.action_chats())
-        elif action == "export":
-            self.push_screen(AskPath("Export the chat to Markdown:", _file_name(chat.name) + ".md",
-                                     placeholder="chat.md", hint="Enter to write, Esc to cancel"),
-                             lambda path: path and self._export(chat, Path(path).expanduser()))
-
-    def _rename(self, chat: Chat, name: str | None) -> None:
-        if name:
-            self.chats.rename(chat, name)
-            self._show_chat()
-            self._check_chats()
-        self.action_chats()
-
-    def _delete(self, chat: Chat) -> None:
-        if chat is self.active_chat:
-            self._stop_chat()
-        self.chats.delete(chat)
-        if chat is self.active_chat:
-            following = self.chats.last_opened()
-            if following is None:
-                backend = self.engine.backend_name if self.engine else None
-                following = self.chats.create(self.engine_model, backend, self._sampling())
-            self._open_chat(following)
-        self.tell(f"Deleted the chat {chat.name!r}")
-        self.action_chats()
-
-    def _export(self, chat: Chat, path: Path) -> None:
-        """Asks before replacing a file, as saving the buffer under a new name does."""
-        turns = self.history if chat is self.active_chat else self.chats.turns(chat.id)
-        text = to_markdown(chat, turns)
-
-        def write(ok: bool = True) -> None:
-            if not ok:
-                return
-            try:
-                write_bytes_atomic(path, text.encode("utf-8"))
-            except OSError as e:
-                self.tell(f"Cannot export to {path}: {e.strerror or e}", "error")
-                return
-            self.tell(f"Exported {chat.name!r} to {path}")
-
-        if path.exists():
-            self.push_screen(Confirm(f"{path} already exists. Overwrite it?", yes="Overwrite", no="Cancel"), write)
-        else:
-            write()
 
     # ---- editor and files ----
 
@@ -741,11 +626,6 @@ class GptuiApp(App):
             self.query_one("#chat-input", Input).focus()
         else:
             self.editor.focus()
-
-
-def _file_name(name: str) -> str:
-    """A chat name as a file name: letters, digits, dots and dashes."""
-    return re.sub(r"[^\w.-]+", "-", name).strip("-.")[:60] or "chat"
 
 
 def _sha(data: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from click.shell_completion import CompletionItem
 
-from ..core.backends import available_backends
+from ..core.backends import DEFAULT_BACKEND, available_backends
 
 
 def _complete_model(ctx, param, incomplete: str) -> list[CompletionItem]:
@@ -26,6 +26,6 @@ def _complete_backend(ctx, param, incomplete: str) -> list[CompletionItem]:
 
 # Not a click.Choice: an unknown name gets the backend registry's one-line error (exit 1), like
 # every other bad input, rather than click's usage block; the names show in --help and complete.
-backend_option = click.option("-b", "--backend", envvar="GPTUI_BACKEND", default="torch-fp32", show_default=True,
+backend_option = click.option("-b", "--backend", envvar="GPTUI_BACKEND", default=DEFAULT_BACKEND, show_default=True,
                               metavar="[" + "|".join(available_backends()) + "]", shell_complete=_complete_backend,
                               help="Inference backend (`gptui bench` compares them; auto: cuda on a GPU).")

@@ -11,6 +11,8 @@ from ..errors import GptuiError
 if TYPE_CHECKING:  # the names stay importable without torch (the CLI's option choices, completion)
     from .base import Backend
 
+DEFAULT_BACKEND = "torch-fp32"  # what runs when nothing names a backend: every machine has it
+
 # name -> (module, class); modules import lazily so onnxruntime or CUDA are only needed when used.
 BACKENDS: dict[str, tuple[str, str]] = {
     "torch-fp32": ("torch_backend", "TorchBackend"),
