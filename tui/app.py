@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import itertools
 import random
-import time
 from pathlib import Path
 
 from rich.text import Text
@@ -27,7 +26,7 @@ from textual.worker import get_current_worker
 from ..core.atomic import write_bytes_atomic
 from ..core.backends import DEFAULT_BACKEND
 from ..core.errors import GptuiError
-from ..core.generate import DoneEvent, TokenEvent, generate
+from ..core.generate import DoneEvent, TokenEvent
 from ..core.history import History
 from ..core.sampling import SamplingParams
 from ..core.tokenizer import encode
@@ -40,6 +39,7 @@ from .completion import REASONS, BlockStopper, LineStopper
 from .fim import folder_supports_fim
 from .ghost import Ghost
 from .messages import BuildProgress, Generated, GenerationFailed, ModelFailed, ModelLoaded
+from .runner import batched
 from .screens.chats import ChatList
 from .screens.compare import CompareScreen
 from .screens.dialogs import AskPath, AskText, Confirm
@@ -53,7 +53,6 @@ from .widgets.inspector import Inspector
 from .widgets.status import BuildBar, Readout, SpeedBar
 
 ALTERNATIVES = 5  # top tokens recorded per step for the look-inside view
-BATCH_SECONDS = 0.02  # workers post tokens in batches at most this far apart
 REPAINT_HZ = 12  # streaming text and numbers redraw this often: smooth to the eye, cheap for the UI
 
 
@@ -372,21 +371,12 @@ class GptuiApp(ChatActions, App):
     def _generate(self, kind: str, request: int, engine: Engine, ids: list[int], params: SamplingParams,
                   stop_fn) -> None:
         worker = get_current_worker()
-        with engine.lock:  # the previous generation on this backend stops within a token
-            if worker.is_cancelled:
-                return
-            try:
-                batch, sent = [], 0.0
-                for event in generate(engine.backend, engine.encoding, ids, params,
-                                      should_cancel=lambda: worker.is_cancelled, stop_fn=stop_fn,
-                                      alternatives=ALTERNATIVES):
-                    batch.append(event)
-                    now = time.monotonic()
-                    if isinstance(event, DoneEvent) or event.index == 0 or now - sent >= BATCH_SECONDS:
-                        self.post_message(Generated(kind, request, batch))
-                        batch, sent = [], now
-            except Exception as e:  # a backend failing mid-stream: report it, keep the app
-                self.post_message(GenerationFailed(kind, request, f"{type(e).__name__}: {e}"))
+        try:
+            for batch in batched(engine, ids, params, lambda: worker.is_cancelled, stop_fn=stop_fn,
+                                 alternatives=ALTERNATIVES):
+                self.post_message(Generated(kind, request, batch))
+        except Exception as e:  # a backend failing mid-stream: report it, keep the app
+            self.post_message(GenerationFailed(kind, request, f"{type(e).__name__}: {e}"))
 
     def on_generated(self, message: Generated) -> None:
         if message.request != (self.completion_request if message.kind == "complete" else self.chat_request):

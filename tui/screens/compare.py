@@ -7,8 +7,6 @@ departs from it (INT8 rounding shows up here long before it shows up in a loss).
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -20,10 +18,11 @@ from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Sta
 from textual.worker import get_current_worker
 
 from ...core.errors import GptuiError
-from ...core.generate import DoneEvent, generate
+from ...core.generate import DoneEvent
 from ...core.sampling import SamplingParams
 from ...core.tokenizer import encode
 from ..catalog import Catalog
+from ..runner import batched
 from ..widgets.status import Readout
 
 REFERENCE = "torch-fp32"
@@ -135,24 +134,23 @@ class CompareScreen(Screen):
         try:
             engine = self.catalog.load(self.model, name, progress)
             prompt = encode(engine.encoding, self.prompt)
-            ids, pieces, text, last, readout = [], [], "", 0.0, Readout()
+            ids, pieces, text, readout = [], [], "", Readout()
             self.post_message(RowUpdate(name, Status="running"))
-            for event in generate(engine.backend, engine.encoding, prompt, self.params,
-                                  should_cancel=lambda: worker.is_cancelled):
-                if isinstance(event, DoneEvent):
+            # Live numbers ten times a second, without flooding the UI.
+            for batch in batched(engine, prompt, self.params, lambda: worker.is_cancelled, interval=0.1):
+                for event in batch:
+                    if isinstance(event, DoneEvent):
+                        text += event.text
+                        self.pieces[name] = pieces + ([event.text] if event.text else [])
+                        readout.done(event)
+                        self.post_message(RowUpdate(name, Status=f"done ({event.reason})",
+                                                    **self._cells(readout, text)))
+                        return ids
+                    ids.append(event.token_id)
+                    pieces.append(event.text)
                     text += event.text
-                    self.pieces[name] = pieces + ([event.text] if event.text else [])
-                    readout.done(event)
-                    self.post_message(RowUpdate(name, Status=f"done ({event.reason})", **self._cells(readout, text)))
-                    return ids
-                ids.append(event.token_id)
-                pieces.append(event.text)
-                text += event.text
-                readout.token(event)
-                now = time.perf_counter()
-                if now - last > 0.1:  # live numbers without flooding the UI
-                    last = now
-                    self.post_message(RowUpdate(name, **self._cells(readout, text)))
+                    readout.token(event)
+                self.post_message(RowUpdate(name, **self._cells(readout, text)))
         except GptuiError as e:
             self._failed(name, str(e))
         except Exception as e:  # one backend failing must not stop the others or the app
