@@ -442,7 +442,7 @@ async def test_a_new_buffer_asks_where_to_save(tmp_path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: (tmp_path / "new.py").exists())
         assert (tmp_path / "new.py").read_text() == "print('hi')\n"
-        assert app.path == tmp_path / "new.py"
+        assert app.buffer.path == tmp_path / "new.py"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write read-only folders")
@@ -474,7 +474,7 @@ async def test_a_write_error_is_a_notification_and_the_buffer_stays(tmp_path):
         app.editor.insert("y = 2\n")
         app._save(target)
         await wait_for(pilot, lambda: any("Cannot save" in n.message for n in app._notifications))
-        assert app.editor.text == "y = 2\n" and app.modified and app.path is None
+        assert app.editor.text == "y = 2\n" and app.modified and app.buffer.path is None
 
 
 @sync
@@ -485,7 +485,7 @@ async def test_a_non_utf8_file_opens_an_empty_buffer_that_never_overwrites_it(tm
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert any("not UTF-8" in n.message for n in app._notifications)
-        assert app.path is None and app.editor.text == ""
+        assert app.buffer.path is None and app.editor.text == ""
         app.editor.insert("x = 1\n")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, AskPath))  # a new name, not the latin-1 file
@@ -500,7 +500,7 @@ async def test_a_folder_given_as_the_file_is_a_notification(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert any("Cannot open" in n.message for n in app._notifications)
-        assert app.path is None
+        assert app.buffer.path is None
 
 
 @sync

@@ -9,7 +9,7 @@ import pytest
 
 from gptui.core.generate import DoneEvent, TokenEvent
 from gptui.core.tokenizer import encode, get_encoding
-from gptui.tui.app import open_source
+from gptui.tui.buffer import Buffer
 from gptui.tui.catalog import Catalog, _accepts
 from gptui.tui.chat import Turn, as_markdown, build_prompt, extract_code
 from gptui.tui.completion import BlockStopper, LineStopper
@@ -179,26 +179,41 @@ def test_missing_settings_file_gives_defaults(tmp_path):
     assert load_settings(tmp_path / "nope.toml") == (Settings(), [])
 
 
-def test_open_source_handles_new_unreadable_and_non_utf8_files(tmp_path):
+def test_buffer_opens_new_unreadable_and_non_utf8_files(tmp_path):
     good = tmp_path / "a.py"
     good.write_text("x = 1\n")
-    text, path, digest, error = open_source(good)
-    assert (text, path, error) == ("x = 1\n", good, None) and digest
-    assert open_source(tmp_path / "new.py") == ("", tmp_path / "new.py", None, None)
+    buffer, text, error = Buffer.open(good)
+    assert (text, buffer.path, error) == ("x = 1\n", good, None) and buffer.disk_hash
+    assert not buffer.modified("x = 1\n") and buffer.modified("x = 2\n")
+    assert Buffer.open(tmp_path / "new.py") == (Buffer(tmp_path / "new.py", "", None), "", None)
     bad = tmp_path / "b.py"
     bad.write_bytes(b"\xff\xfe x")
-    text, path, _, error = open_source(bad)
-    assert (text, path) == ("", None) and "not UTF-8" in error
-    text, path, _, error = open_source(tmp_path)
-    assert path is None and "Cannot open" in error
+    buffer, text, error = Buffer.open(bad)
+    assert (text, buffer.path) == ("", None) and "not UTF-8" in error
+    buffer, text, error = Buffer.open(tmp_path)
+    assert buffer.path is None and "Cannot open" in error
+
+
+def test_buffer_asks_before_overwriting_a_file_changed_on_disk_or_taken_by_a_new_name(tmp_path):
+    mine, other = tmp_path / "a.py", tmp_path / "b.py"
+    mine.write_text("x = 1\n")
+    other.write_text("y = 1\n")
+    buffer, _, _ = Buffer.open(mine)
+    assert buffer.overwrite_question(mine, new_name=False) is None
+    assert "already exists" in buffer.overwrite_question(other, new_name=True)
+    mine.write_text("x = 3\n")  # another program saved it meanwhile
+    assert "changed on disk" in buffer.overwrite_question(mine, new_name=False)
+    buffer.write(mine, "x = 4\n")
+    assert mine.read_text() == "x = 4\n" and buffer.overwrite_question(mine, new_name=False) is None
+    assert not buffer.modified("x = 4\n")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
-def test_open_source_reports_a_permission_error(tmp_path):
+def test_buffer_reports_a_permission_error(tmp_path):
     locked = tmp_path / "locked.py"
     locked.write_text("x")
     locked.chmod(0)
-    assert "Cannot open" in open_source(locked)[3]
+    assert "Cannot open" in Buffer.open(locked)[2]
     locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
 

@@ -9,7 +9,6 @@ in small batches; the UI redraws streaming views on a fixed tick.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import random
 from pathlib import Path
@@ -23,7 +22,6 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
-from ..core.atomic import write_bytes_atomic
 from ..core.backends import DEFAULT_BACKEND
 from ..core.errors import GptuiError
 from ..core.generate import DoneEvent, TokenEvent
@@ -31,6 +29,7 @@ from ..core.history import History
 from ..core.sampling import SamplingParams
 from ..core.tokenizer import encode
 from .api_requests import fim_layout
+from .buffer import Buffer
 from .catalog import Catalog, Engine
 from .chat import ChatPrompt, Turn, build_prompt, extract_code
 from .chat_actions import ChatActions
@@ -90,7 +89,7 @@ class GptuiApp(ChatActions, App):
     modified: reactive[bool] = reactive(False)
     """The buffer differs from what was last read from or written to its file."""
 
-    def __init__(self, *, text: str, path: Path | None, disk_hash: str | None, open_error: str | None,
+    def __init__(self, *, text: str, buffer: Buffer, open_error: str | None,
                  model: str | None, backend: str | None, catalog: Catalog, settings: Settings,
                  config_path: Path, warnings: list[str], history: History | None = None,
                  chats: ChatStore | None = None) -> None:
@@ -105,8 +104,7 @@ class GptuiApp(ChatActions, App):
         self.catalog = catalog
         self.settings = settings
         self.config_path = config_path
-        self.path = path
-        self.disk_hash = disk_hash  # sha256 of the file as we last read or wrote it
+        self.buffer = buffer  # the file the editor shows: its path, and what it held when last read or written
         self.engine: Engine | None = None
         self.fim = False  # the engine's model fills in the middle: completions see the code after the cursor
         self._text = text
@@ -142,7 +140,6 @@ class GptuiApp(ChatActions, App):
         self._missed_completion = False  # a pause in typing came while no model was loaded
         self._dirty = False  # streaming views need a repaint on the next tick
         self._stale_answers: set[Answer] = set()  # chat answers whose Markdown is behind their text
-        self._saved_text = text  # the buffer as last read or written, for the modified marker
 
     # ---- layout ----
 
@@ -180,8 +177,7 @@ class GptuiApp(ChatActions, App):
         self.notify(message, severity=severity, markup=False, timeout=6 if severity == "information" else 10)
 
     def _show_title(self) -> None:
-        name = self.path.name if self.path else "untitled"
-        self.editor.border_title = name + (" ●" if self.modified else "")
+        self.editor.border_title = self.buffer.name + (" ●" if self.modified else "")
 
     def watch_modified(self) -> None:
         self._show_title()
@@ -520,35 +516,31 @@ class GptuiApp(ChatActions, App):
     # ---- editor and files ----
 
     def on_text_area_changed(self, event) -> None:
-        self.modified = self.editor.text != self._saved_text
+        self.modified = self.buffer.modified(self.editor.text)
 
     def action_save(self) -> None:
-        if self.path is None:
+        if self.buffer.path is None:
             self.push_screen(AskPath("Save as:"), lambda p: p and self._save(Path(p).expanduser(), new_name=True))
         else:
-            self._save(self.path)
+            self._save(self.buffer.path)
 
     def _save(self, path: Path, new_name: bool = False) -> None:
         try:
-            on_disk = path.read_bytes() if path.exists() else None
+            question = self.buffer.overwrite_question(path, new_name)
         except OSError as e:
             self.tell(f"Cannot save {path}: {e.strerror or e}", "error")
             return
-        if on_disk is not None and (new_name or _sha(on_disk) != self.disk_hash):
-            question = (f"{path} already exists. Overwrite it?" if new_name
-                        else f"{path.name} changed on disk since it was opened. Overwrite it?")
+        if question:
             self.push_screen(Confirm(question, yes="Overwrite", no="Cancel"), lambda ok: ok and self._write(path))
         else:
             self._write(path)
 
     def _write(self, path: Path) -> None:
-        data = self.editor.text.encode("utf-8")
         try:
-            write_bytes_atomic(path, data)
+            self.buffer.write(path, self.editor.text)
         except OSError as e:
             self.tell(f"Cannot save {path}: {e.strerror or e}; the buffer is unchanged", "error")
             return
-        self.path, self.disk_hash, self._saved_text = path, _sha(data), self.editor.text
         self.modified = False
         self._show_title()
         self.tell(f"Saved {path}")
@@ -557,7 +549,7 @@ class GptuiApp(ChatActions, App):
         if not self.modified:
             self.exit()
             return
-        name = self.path.name if self.path else "the untitled buffer"
+        name = self.buffer.path.name if self.buffer.path else "the untitled buffer"
         self.push_screen(Confirm(f"Quit without saving {name}?", yes="Quit", no="Stay"),
                          lambda ok: ok and self.exit())
 
@@ -618,29 +610,6 @@ class GptuiApp(ChatActions, App):
             self.editor.focus()
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def open_source(path: str | Path | None) -> tuple[str, Path | None, str | None, str | None]:
-    """(text, path to save to, sha256 of the file, error). A missing file is a new file; a file
-    that cannot be read or is not UTF-8 gives an empty buffer with no path, so saving never
-    overwrites what could not be shown."""
-    if path is None:
-        return "", None, None, None
-    path = Path(path).expanduser()
-    if not path.exists():
-        return "", path, None, None
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return "", None, None, f"Cannot open {path}: {e.strerror or e}"
-    try:
-        return data.decode("utf-8"), path, _sha(data), None
-    except UnicodeDecodeError as e:
-        return "", None, None, f"{path} is not UTF-8 text (byte {e.start}); opened an empty buffer instead"
-
-
 def create_app(path: str | Path | None = None, model: str | None = None, backend: str | None = None, *,
                catalog: Catalog | None = None, config_path: Path | None = None, log: bool = True,
                db_path: Path | None = None) -> GptuiApp:
@@ -649,10 +618,10 @@ def create_app(path: str | Path | None = None, model: str | None = None, backend
     `db_path` overrides where both go."""
     config_path = config_path or settings_path()
     settings, warnings = load_settings(config_path)
-    text, path, disk_hash, error = open_source(path)
+    buffer, text, error = Buffer.open(path)
     history = History(db_path, enabled=log and settings.log_enabled, source="app")
     chats = ChatStore(history.path if history.enabled else None)
-    return GptuiApp(text=text, path=path, disk_hash=disk_hash, open_error=error, model=model, backend=backend,
+    return GptuiApp(text=text, buffer=buffer, open_error=error, model=model, backend=backend,
                     catalog=catalog or Catalog(), settings=settings, config_path=config_path, warnings=warnings,
                     history=history, chats=chats)
 
