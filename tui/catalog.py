@@ -7,7 +7,6 @@ only calls it from worker threads.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -70,7 +69,7 @@ class Catalog:
         if not model.ok:
             return "model broken"
         try:
-            return _backend_class(backend).status(model.path)
+            return backend_registry.backend_class(backend).status(model.path)
         except GptuiError as e:
             return str(e)
         except Exception as e:  # one backend's probe failing must not take the picker down
@@ -81,21 +80,10 @@ class Catalog:
         ckpt = Checkpoint.open(folder)
         config, encoding_name = ckpt.config, ckpt.encoding
         options = {}
-        if progress is not None and _accepts(_backend_class(backend).load, "progress"):
+        if progress is not None and _accepts(backend_registry.backend_class(backend).load, "progress"):
             options["progress"] = progress
         loaded = backend_registry.load_backend(backend, folder, **options)
         return Engine(folder.name, folder, loaded, get_encoding(encoding_name), config.num_params())
-
-
-def _backend_class(name: str) -> type:
-    if name not in backend_registry.BACKENDS:
-        raise GptuiError(f"unknown backend {name!r}")
-    module_name, class_name = backend_registry.BACKENDS[name]
-    try:
-        module = importlib.import_module(f"{backend_registry.__name__}.{module_name}")
-    except ImportError as e:
-        raise GptuiError(f"not installed ({e.name or e})") from None
-    return getattr(module, class_name)
 
 
 def _accepts(fn: Callable, name: str) -> bool:

@@ -28,13 +28,18 @@ def available_backends() -> list[str]:
     return list(BACKENDS)
 
 
-def load_backend(name: str, folder: str | Path, **options) -> Backend:
-    """Load the model in `folder` on backend `name` (options go to the backend's loader)."""
+def backend_class(name: str) -> type[Backend]:
+    """The class behind a backend name, its module imported now (onnxruntime, CUDA...)."""
     if name not in BACKENDS:
         raise GptuiError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     module_name, class_name = BACKENDS[name]
     try:
         module = importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as e:
-        raise GptuiError(f"backend {name} is not installed ({e})") from None
-    return getattr(module, class_name).load(Path(folder), name=name, **options)
+        raise GptuiError(f"backend {name} is not installed ({e.name or e})") from None
+    return getattr(module, class_name)
+
+
+def load_backend(name: str, folder: str | Path, **options) -> Backend:
+    """Load the model in `folder` on backend `name` (options go to the backend's loader)."""
+    return backend_class(name).load(Path(folder), name=name, **options)
