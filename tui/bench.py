@@ -180,7 +180,7 @@ def markdown(result: dict) -> str:
 @click.option("-m", "--model", envvar="GPTUI_MODEL", help="Model name (see `gptui models`) or folder.")
 @click.option("-b", "--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help="Comma-separated backends to measure (cuda is added on a GPU when left default).")
-@click.option("--threads", type=int, default=None, help="CPU threads for every engine [default: all cores].")
+@click.option("--threads", type=int, default=None, help="CPU threads for every engine [default: torch's, as the CLI uses: the cores, or OMP_NUM_THREADS].")
 @click.option("--prompt-tokens", type=int, default=512, show_default=True)
 @click.option("--new-tokens", type=int, default=256, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per engine (after one warm-up).")
@@ -204,6 +204,7 @@ def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs,
     import torch
 
     from ..core.backends import BACKENDS
+    from ..core.backends.base import cpu_threads
     from ..core.errors import GptuiError
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -214,7 +215,7 @@ def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs,
         names.append("cuda")
     if prompt_tokens < 1 or new_tokens < 2 or runs < 1:
         raise GptuiError("--prompt-tokens must be >= 1, --new-tokens >= 2 and --runs >= 1")
-    result = run_bench(model, names, threads or os.cpu_count() or 1, prompt_tokens, new_tokens, runs,
+    result = run_bench(model, names, cpu_threads(threads), prompt_tokens, new_tokens, runs,
                        list(eval_dirs), eval_tokens, peers, log=lambda message: click.echo(message, err=True), cli=cli)
     table = markdown(result)
     click.echo(table, nl=False)
