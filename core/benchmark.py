@@ -8,9 +8,13 @@ the app uses; Hugging Face generate and CTranslate2 are timed with a callback on
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import sysconfig
 import time
 from collections.abc import Callable
@@ -237,3 +241,45 @@ class Ct2Process:
             except OSError:
                 pass
             self.process.join(timeout=10)
+
+
+class CliProcess:
+    """Each call runs one real `gptui` completion process, as a user would, and times it.
+
+    The prompt goes in on stdin; the process writes jsonl, whose `done` event gives the time to
+    first token and the decode rate the CLI measured itself. `walls` and `startups` collect the
+    whole process's wall time and what came before generation (imports, the tokenizer, loading
+    the backend: wall minus the generation's own total time), leaving out the first call, which
+    interleaved() makes as its warm-up. OMP_NUM_THREADS=threads is the
+    thread count the CLI's torch, and so its ONNX session, default to (core.backends.default_threads).
+    """
+
+    def __init__(self, folder: Path, backend: str, prompt_text: str, new_tokens: int, threads: int):
+        self.command = [sys.executable, "-m", "gptui.tui.cli", "complete", "-m", str(folder), "-b", backend,
+                        "-n", str(new_tokens + 1), "-t", "0", "-s", "0", "--format", "jsonl", "--no-log"]
+        self.prompt_text = prompt_text
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.walls: list[float] = []
+        self.startups: list[float] = []
+        self.tokens: list[int] = []
+        self._calls = 0
+
+    def __call__(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        result = subprocess.run(self.command, input=self.prompt_text.encode(), capture_output=True, env=self.env)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip().splitlines()
+            raise GptuiError(f"{' '.join(self.command[3:])} failed: {detail[-1] if detail else result.returncode}")
+        done = json.loads(result.stdout.decode().strip().splitlines()[-1])
+        self._calls += 1
+        if self._calls == 1:
+            return done["time_to_first_token"], done["decode_tokens_per_s"]
+        self.walls.append(wall)
+        self.startups.append(wall - done["total_time"])
+        self.tokens.append(done["tokens"])
+        return done["time_to_first_token"], done["decode_tokens_per_s"]
+
+    def as_dict(self) -> dict:
+        return {"wall_s": round(statistics.median(self.walls), 3), "startup_s": round(statistics.median(self.startups), 3),
+                "tokens": min(self.tokens)}

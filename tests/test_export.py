@@ -107,3 +107,15 @@ def test_bench_measures_every_backend_and_writes_markdown_and_json(exported_dir,
 def test_bench_rejects_an_unknown_backend(exported_dir):
     result = CliRunner().invoke(gptui, ["bench", "--model", str(exported_dir), "--backends", "torch-fp32,warp-drive"])
     assert result.exit_code == 1 and "unknown backend" in result.output and "Traceback" not in result.output
+
+
+def test_bench_cli_times_real_gptui_processes_beside_the_in_process_figures(exported_dir, tmp_path):
+    args = ["bench", "--model", str(exported_dir), "-b", "onnx-int8", "--threads", "1", "--runs", "1",
+            "--prompt-tokens", "16", "--new-tokens", "4", "--eval-tokens", "0", "--no-peers", "--cli",
+            "--json", str(tmp_path / "b.json")]
+    result = CliRunner().invoke(gptui, args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "b.json").read_text())["cli_rows"]
+    assert row["backend"] == "onnx-int8" and row["wall_s"] > row["startup_s"] > 0
+    assert row["decode_tokens_per_s"] > 0 and row["decode_vs_bench"] > 0 and row["tokens"] >= 1
+    assert "| onnx-int8 | " in result.output and "decode vs bench" in result.output

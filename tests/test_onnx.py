@@ -154,3 +154,48 @@ def test_exported_files_use_a_format_version_older_onnx_runtimes_read(exported_d
     for name in ("model-fp32.onnx", "model-int8.onnx"):
         model = onnx.load(str(exported_dir / "onnx" / name), load_external_data=False)
         assert model.ir_version <= 10  # ONNX Runtime 1.30 (the GPU image's) refuses IR 11+
+
+
+def _session_setup(options) -> tuple:
+    return (options.intra_op_num_threads, options.inter_op_num_threads, options.execution_mode,
+            options.graph_optimization_level, options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+
+def test_the_cli_the_app_and_the_bench_open_identical_onnx_sessions(exported_dir, monkeypatch):
+    """Issue 20: the CLI ran onnx-int8 under other session options than `gptui bench` (ONNX Runtime's
+    default thread count, which pins its workers to cores); every path now gets the same ones."""
+    from gptui.core.backends import onnx_backend
+    from gptui.tui.catalog import Catalog
+
+    real, sessions = onnx_backend.session_options, []
+
+    def recorded(*args, **kwargs):
+        options = real(*args, **kwargs)
+        sessions.append(_session_setup(options))
+        return options
+
+    monkeypatch.setattr(onnx_backend, "session_options", recorded)
+
+    result = CliRunner().invoke(gptui, ["complete", "-m", str(exported_dir), "-b", "onnx-int8", "-n", "2", "-t", "0",
+                                        "--no-log", "def f():"])
+    assert result.exit_code == 0, result.output
+    Catalog().load(str(exported_dir), "onnx-int8")
+    result = CliRunner().invoke(gptui, ["bench", "-m", str(exported_dir), "-b", "onnx-int8", "--runs", "1",
+                                        "--prompt-tokens", "4", "--new-tokens", "2", "--eval-tokens", "0", "--no-peers"])
+    assert result.exit_code == 0, result.output
+    assert len(sessions) == 3 and sessions[0] == sessions[1] == sessions[2]
+    assert sessions[0][0] == torch.get_num_threads() > 0  # set, never ONNX Runtime's own default (0)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+def test_onnx_runtime_workers_are_not_pinned_to_cores(exported_dir):
+    """Left to itself ONNX Runtime pins a worker to each core; ours may run wherever the scheduler puts them."""
+    from pathlib import Path
+
+    def allowed(task: Path) -> str:
+        return next(line for line in (task / "status").read_text().splitlines() if line.startswith("Cpus_allowed_list"))
+
+    backend = load_backend("onnx-int8", exported_dir)
+    backend.prefill(random_ids(4))
+    tasks = sorted(Path("/proc/self/task").iterdir())
+    assert len({allowed(task) for task in tasks}) == 1

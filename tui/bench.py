@@ -34,8 +34,12 @@ def _machine(threads: int) -> dict:
 
 
 def run_bench(model: str | None, backends: list[str], threads: int, prompt_tokens: int, new_tokens: int, runs: int,
-              eval_dirs: list[Path], eval_tokens: int, peers: bool, log=lambda message: None) -> dict:
-    """Measure `backends` (and the peers) on the model; log(message) hears progress."""
+              eval_dirs: list[Path], eval_tokens: int, peers: bool, log=lambda message: None, cli: bool = False) -> dict:
+    """Measure `backends` (and the peers) on the model; log(message) hears progress.
+
+    cli: also time each backend through real `gptui` processes given the same prompt, in the same
+    turns (core.benchmark.CliProcess), and report them beside the in-process figures.
+    """
     import torch
 
     from ..core import benchmark as bm
@@ -60,6 +64,12 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
         loss = bm.validation_loss(backend, loss_windows)[0] if loss_windows else None
         engines[backend.name] = functools.partial(bm.backend_run, backend, encoding, prompt, new_tokens)
         info[backend.name] = (backend.nbytes, loss)
+    processes = {}
+    if cli:
+        prompt_text = encoding.decode(prompt)
+        for name in backends:
+            processes[name] = bm.CliProcess(folder, name, prompt_text, new_tokens, threads)
+            engines[f"{name} (cli)"] = processes[name]
     if peers:
         _add_peers(folder, loss_windows, prompt, new_tokens, threads, engines, info, log)
     log(f"timing {', '.join(engines)}: {runs} runs each, in turns")
@@ -69,8 +79,10 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
         for engine in engines.values():
             if isinstance(engine, bm.Ct2Process):
                 engine.close()
-    rows = []
+    rows, cli_rows = [], []
     for name, speed in speeds.items():
+        if name.endswith(" (cli)"):
+            continue
         size, loss = info[name]
         row = {"backend": name, "bytes": size, **speed.as_dict()}
         if loss is not None:
@@ -83,9 +95,19 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
         if hf_rate:
             r["decode_vs_hf"] = round(r["decode_tokens_per_s"] / hf_rate, 2)
             r["ttft_vs_hf"] = round(hf_ttft / r["ttft_ms"], 2)
+    in_process = {r["backend"]: r for r in rows}
+    for name, process in processes.items():
+        ours = in_process[name]
+        row = {"backend": name, **speeds[f"{name} (cli)"].as_dict(), **process.as_dict()}
+        row["decode_vs_bench"] = round(row["decode_tokens_per_s"] / ours["decode_tokens_per_s"], 3)
+        row["ttft_vs_bench"] = round(ours["ttft_ms"] / row["ttft_ms"], 3)
+        if hf_rate:
+            row["decode_vs_hf"] = round(row["decode_tokens_per_s"] / hf_rate, 2)
+        cli_rows.append(row)
     return {"model": str(folder), "machine": _machine(threads), "prompt_tokens": len(prompt),
             "new_tokens": new_tokens, "runs": runs, "loss_tokens": sum(len(w) - 1 for w in loss_windows),
-            "loss_source": ", ".join(map(str, eval_dirs or [bm.stdlib_dir()])), "rows": rows}
+            "loss_source": ", ".join(map(str, eval_dirs or [bm.stdlib_dir()])), "rows": rows,
+            **({"cli_rows": cli_rows} if cli else {})}
 
 
 def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int, engines: dict, info: dict, log) -> None:
@@ -138,6 +160,20 @@ def markdown(result: dict) -> str:
         vs = f"{r['decode_vs_hf']:.2f}x" if "decode_vs_hf" in r else "—"
         tvs = f"{r['ttft_vs_hf']:.2f}x" if "ttft_vs_hf" in r else "—"
         lines.append(f"| {r['backend']} | {loss} | {ppl} | {size} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | {vs} | {tvs} |")
+    if result.get("cli_rows"):
+        lines += [
+            "",
+            "Through `gptui` processes (`-t 0 -s 0 --format jsonl`, the same prompt on stdin; startup is the wall "
+            "time before generation: imports, tokenizer, loading the backend):",
+            "",
+            "| backend | process wall (s) | startup (s) | first token (ms) | decode (tokens/s) | decode vs bench | "
+            "first token vs bench | decode vs HF |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["cli_rows"]:
+            vs = f"{r['decode_vs_hf']:.2f}x" if "decode_vs_hf" in r else "—"
+            lines.append(f"| {r['backend']} | {r['wall_s']:.2f} | {r['startup_s']:.2f} | {r['ttft_ms']:.1f} | "
+                         f"{r['decode_tokens_per_s']:.1f} | {r['decode_vs_bench']:.2f}x | {r['ttft_vs_bench']:.2f}x | {vs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +181,7 @@ def markdown(result: dict) -> str:
 @click.option("-m", "--model", envvar="GPTUI_MODEL", help="Model name (see `gptui models`) or folder.")
 @click.option("-b", "--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help="Comma-separated backends to measure (cuda is added on a GPU when left default).")
-@click.option("--threads", type=int, default=None, help="CPU threads for every engine [default: all cores].")
+@click.option("--threads", type=int, default=None, help="CPU threads for every engine [default: torch's, as the CLI uses: the cores, or OMP_NUM_THREADS].")
 @click.option("--prompt-tokens", type=int, default=512, show_default=True)
 @click.option("--new-tokens", type=int, default=256, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per engine (after one warm-up).")
@@ -153,18 +189,23 @@ def markdown(result: dict) -> str:
               help="Folder of .py files for the loss and the prompt [default: the Python standard library].")
 @click.option("--eval-tokens", type=int, default=8192, show_default=True, help="Tokens scored for the loss (0: skip).")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="Also time HF generate and CTranslate2.")
+@click.option("--cli", is_flag=True,
+              help="Also time each backend through real `gptui` processes, beside the in-process figures.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
 @fail_cleanly
-def bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path):
+def bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, cli, json_path, md_path):
     """Measure every backend on this machine: loss, size, first-token latency, decode speed."""
-    _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path)
+    _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path,
+           cli)
 
 
-def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path):
+def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs, eval_tokens, peers, json_path, md_path,
+           cli=False):
     import torch
 
     from ..core.backends import BACKENDS
+    from ..core.backends.base import cpu_threads
     from ..core.errors import GptuiError
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -175,8 +216,8 @@ def _bench(model, backends, threads, prompt_tokens, new_tokens, runs, eval_dirs,
         names.append("cuda")
     if prompt_tokens < 1 or new_tokens < 2 or runs < 1:
         raise GptuiError("--prompt-tokens must be >= 1, --new-tokens >= 2 and --runs >= 1")
-    result = run_bench(model, names, threads or os.cpu_count() or 1, prompt_tokens, new_tokens, runs,
-                       list(eval_dirs), eval_tokens, peers, log=lambda message: click.echo(message, err=True))
+    result = run_bench(model, names, cpu_threads(threads), prompt_tokens, new_tokens, runs,
+                       list(eval_dirs), eval_tokens, peers, log=lambda message: click.echo(message, err=True), cli=cli)
     table = markdown(result)
     click.echo(table, nl=False)
     if md_path:

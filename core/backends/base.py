@@ -7,6 +7,18 @@ from abc import ABC, abstractmethod
 import torch
 
 
+def cpu_threads(threads: int | None = None) -> int:
+    """The CPU threads a backend computes with: `threads` when given, else torch's own count (the
+    cores this process may use, or OMP_NUM_THREADS).
+
+    Every path resolves it here (the CLI, the app and the server pass nothing; `gptui bench`
+    passes --threads after giving torch the same number), so ONNX Runtime and torch agree on it
+    and an ONNX session never falls back to its own default: left at 0, ONNX Runtime pins one
+    worker to each core, where a busy neighbour on that core stalls every kernel.
+    """
+    return threads or torch.get_num_threads()
+
+
 class Backend(ABC):
     """A model ready to run: prefill a prompt, then decode one token at a time.
 

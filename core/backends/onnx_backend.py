@@ -16,7 +16,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..errors import GptuiError
 from ..onnx_export import Progress, artifact_status, find_or_build
-from .base import Backend
+from .base import Backend, cpu_threads
 
 
 def _ort():
@@ -28,8 +28,10 @@ def _ort():
 
 
 def session_options(threads: int | None = None, spin: bool = True):
-    """The options that matter on a CPU: all graph optimisations, one sequential stream of
-    kernels each using `threads` cores (None: ONNX Runtime's default, the physical cores).
+    """The options every ONNX session of ours gets, from the CLI, the app, the server and `gptui
+    bench` alike: all graph optimisations, one sequential stream of kernels each using `threads`
+    cores (None: base.cpu_threads(), torch's count). The count is always set: ONNX Runtime's
+    own default (0) also pins each worker thread to a core, which the bench's sessions never did.
 
     spin: worker threads busy-wait between kernels. On an idle machine that is faster (small
     model, 2 cores: 549 against 463 tokens/s); when other processes want the cores it is much
@@ -41,8 +43,7 @@ def session_options(threads: int | None = None, spin: bool = True):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = cpu_threads(threads)
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3  # errors only: shape-merge warnings are noise here
     return options
