@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from gptui.core import benchmark as bm
+from gptui.tui import peers
 from gptui.core.backends import load_backend
 from gptui.core.checkpoint import save_checkpoint
 from gptui.core.config import preset
@@ -42,7 +43,7 @@ def measure(preset_name: str, prompt_tokens: int, new_tokens: int, runs: int) ->
         ours = load_backend("torch-fp32", folder)
         theirs = load_hf_model(folder)
         speeds = bm.interleaved({"ours": functools.partial(bm.backend_run, ours, encoding, prompt, new_tokens),
-                                 "hf": functools.partial(bm.hf_run, theirs, prompt, new_tokens)}, runs)
+                                 "hf": functools.partial(peers.hf_run, theirs, prompt, new_tokens)}, runs)
     result = {"preset": preset_name, "params": ours.params,
               **{who: speed.as_dict() for who, speed in speeds.items()}}
     result["decode_speedup"] = round(result["ours"]["decode_tokens_per_s"] / result["hf"]["decode_tokens_per_s"], 2)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from gptui.core import benchmark as bm
+from gptui.tui import peers
 from gptui.core.backends.cuda_backend import MODES, CudaBackend
 from gptui.core.checkpoint import load_model, save_checkpoint
 from gptui.core.config import preset
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         for dtype in (torch.bfloat16, torch.float32):
             hf = load_hf_model(folder, dtype=dtype).to("cuda")
             keep.append(hf)
-            engines[f"HF generate ({str(dtype).removeprefix('torch.')})"] = functools.partial(bm.hf_run, hf, prompt, args.new_tokens)
+            engines[f"HF generate ({str(dtype).removeprefix('torch.')})"] = functools.partial(peers.hf_run, hf, prompt, args.new_tokens)
         print(f"timing {', '.join(engines)}: {args.runs} runs each, in turns", file=sys.stderr, flush=True)
         rows = [{"engine": name, **speed.as_dict()} for name, speed in bm.interleaved(engines, args.runs).items()]
     hf_best = max(r["decode_tokens_per_s"] for r in rows if r["engine"].startswith("HF"))

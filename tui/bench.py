@@ -38,13 +38,14 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
     """Measure `backends` (and the peers) on the model; log(message) hears progress.
 
     cli: also time each backend through real `gptui` processes given the same prompt, in the same
-    turns (core.benchmark.CliProcess), and report them beside the in-process figures.
+    turns (tui.peers.CliProcess), and report them beside the in-process figures.
     """
     import torch
 
     from ..core import benchmark as bm
     from ..core.backends import load_backend
     from ..core.checkpoint import Checkpoint
+    from . import peers
     from ..core.registry import resolve
     from ..core.tokenizer import get_encoding
 
@@ -68,7 +69,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
     if cli:
         prompt_text = encoding.decode(prompt)
         for name in backends:
-            processes[name] = bm.CliProcess(folder, name, prompt_text, new_tokens, threads)
+            processes[name] = peers.CliProcess(folder, name, prompt_text, new_tokens, threads)
             engines[f"{name} (cli)"] = processes[name]
     if peers:
         _add_peers(folder, loss_windows, prompt, new_tokens, threads, engines, info, log)
@@ -77,7 +78,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
         speeds = bm.interleaved(engines, runs)
     finally:
         for engine in engines.values():
-            if isinstance(engine, bm.Ct2Process):
+            if isinstance(engine, peers.Ct2Process):
                 engine.close()
     rows, cli_rows = [], []
     for name, speed in speeds.items():
@@ -112,7 +113,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
 
 def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int, engines: dict, info: dict, log) -> None:
     """Hugging Face generate on the same weights, then CTranslate2 int8 on their Hugging Face copy."""
-    from ..core import benchmark as bm
+    from . import peers
     from ..core.checkpoint import weights_fingerprint
     from ..core.errors import GptuiError
     from ..core.hf import load_hf_model, save_hf_copy
@@ -125,9 +126,9 @@ def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int
         return
     log("hf-generate: loading")
     name = "hf-generate (fp32, cpu)"
-    engines[name] = functools.partial(bm.hf_run, hf, prompt, new_tokens)
+    engines[name] = functools.partial(peers.hf_run, hf, prompt, new_tokens)
     info[name] = (sum(p.numel() * p.element_size() for p in hf.parameters()),
-                  bm.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None)
+                  peers.hf_validation_loss(hf, loss_windows)[0] if loss_windows else None)
     if importlib.util.find_spec("ctranslate2") is None:
         log("ctranslate2 not installed: skipping its row (pip install 'gptui[bench]')")
         return
@@ -139,7 +140,7 @@ def _add_peers(folder: Path, loss_windows, prompt, new_tokens: int, threads: int
     log("ctranslate2: loading (int8, in its own process)")
     vocab = {i: token for token, i in json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8")).items()}
     name = "ctranslate2 (int8, cpu)"
-    engines[name] = bm.Ct2Process(hf_dir, work / "ct2-int8", threads, [vocab[i] for i in prompt], new_tokens)
+    engines[name] = peers.Ct2Process(hf_dir, work / "ct2-int8", threads, [vocab[i] for i in prompt], new_tokens)
     info[name] = ((work / "ct2-int8" / "model.bin").stat().st_size, None)
 
 
