@@ -24,6 +24,7 @@ import torch
 
 from gptui.core import benchmark as bm
 from gptui.core.backends import load_backend
+from gptui.core.backends.contract import LoadOptions
 from gptui.core.checkpoint import Checkpoint, save_checkpoint
 from gptui.core.config import preset
 from gptui.core.model import GPT
@@ -64,7 +65,7 @@ def run(folder: Path, work: Path, args) -> list[dict]:
     rows, runs = [], {}
     for label, backend_name, path in engines:
         print(f"scoring: {label}", file=sys.stderr, flush=True)
-        backend = load_backend(backend_name, folder, threads=args.threads, path=path)
+        backend = load_backend(backend_name, folder, LoadOptions(threads=args.threads, onnx_path=path))
         logits = backend.logits_all(probe)
         loss, scored = bm.validation_loss(backend, windows)
         rows.append({"variant": label, "bytes": backend.nbytes, "loss": loss, "tokens_scored": scored,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_bytes_atomic
+from .backends.contract import BUILDS, READY, Status, unavailable
 from .checkpoint import Checkpoint, load_state_dict, weights_fingerprint
 from .errors import GptuiError
 from .paths import cache_dir
@@ -164,14 +165,14 @@ def session_metadata(session) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def artifact_status(folder: str | Path, kind: str) -> str:
-    """'ready' when an artifact exists in the model folder or the cache, else 'builds on first use'."""
+def artifact_status(folder: str | Path, kind: str) -> Status:
+    """Ready when an artifact exists in the model folder or the cache, else it builds on first use."""
     folder = Path(folder)
     name = artifact_name(kind)
     if (folder / EXPORT_DIR / name).is_file():
-        return "ready"
+        return READY
     try:
         fingerprint = weights_fingerprint(folder)
     except OSError:
-        return "model broken"
-    return "ready" if (cache_entry(fingerprint) / name).is_file() else "builds on first use"
+        return unavailable("model broken")
+    return READY if (cache_entry(fingerprint) / name).is_file() else BUILDS

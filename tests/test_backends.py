@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from gptui.core.backends import BACKENDS, load_backend
+from gptui.core.backends import BACKENDS, backend_class, load_backend
+from gptui.core.backends.contract import BUILDS, READY, State
 from gptui.core.backends.cuda_backend import CudaBackend
 from gptui.core.kernels import cpu_kernels
 from gptui.core.backends.torch_backend import CpuLinear, onednn_available
@@ -186,7 +187,17 @@ def test_auto_picks_a_backend_this_machine_runs(tiny_model_dir):
 def test_cuda_without_a_gpu_is_one_clear_error(tiny_model_dir):
     with pytest.raises(GptuiError, match="needs an NVIDIA GPU"):
         load_backend("cuda", tiny_model_dir)
-    assert CudaBackend.status(tiny_model_dir).startswith("needs")
+    status = CudaBackend.status(tiny_model_dir)
+    assert status.state is State.UNAVAILABLE and not status.usable and str(status).startswith("needs")
+
+
+def test_onnx_status_says_when_the_artifact_builds_on_first_use(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("GPTUI_CACHE_DIR", raising=False)
+    onnx = backend_class("onnx-fp32")
+    assert onnx.status(tiny_model_dir) == BUILDS and str(BUILDS) == "builds on first use"
+    load_backend("onnx-fp32", tiny_model_dir)
+    assert onnx.status(tiny_model_dir) == READY and onnx.status(tiny_model_dir).usable
 
 
 def test_missing_onnxruntime_is_one_clear_error(exported_dir, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from gptui.core.backends import load_backend
+from gptui.core.backends.contract import LoadOptions
 from gptui.core.checkpoint import load_model, read_card
 from gptui.core.paths import cache_dir
 from gptui.training.cli import main as gptui_train
@@ -41,7 +42,7 @@ def test_the_hf_copy_reproduces_our_logits(exported_dir):
 
 def test_backends_use_the_exported_artifacts_without_building(exported_dir):
     for name in ("onnx-fp32", "onnx-int8"):
-        backend = load_backend(name, exported_dir, progress=lambda f, m: pytest.fail(f"rebuilt: {m}"))
+        backend = load_backend(name, exported_dir, LoadOptions(progress=lambda f, m: pytest.fail(f"rebuilt: {m}")))
         assert backend.path.parent == exported_dir / "onnx"
     assert not (cache_dir() / "onnx").exists()
 

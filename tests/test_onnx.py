@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from gptui.core.backends import load_backend
+from gptui.core.backends.contract import LoadOptions
 from gptui.core.checkpoint import Checkpoint, load_model, save_checkpoint, weights_fingerprint
 from gptui.core.errors import GptuiError
 from gptui.core.onnx_export import build_onnx, cache_entry
@@ -42,21 +43,21 @@ def test_graph_takes_explicit_past_and_returns_present_with_dynamic_batch(export
 
 def test_first_use_builds_into_the_cache_once_with_progress(tiny_model_dir):
     calls = []
-    backend = load_backend("onnx-int8", tiny_model_dir, progress=lambda f, m: calls.append((f, m)))
+    backend = load_backend("onnx-int8", tiny_model_dir, LoadOptions(progress=lambda f, m: calls.append((f, m))))
     assert calls and calls[-1][0] == 1.0
     assert backend.path.parent == cache_entry(weights_fingerprint(tiny_model_dir))
     calls.clear()
-    load_backend("onnx-int8", tiny_model_dir, progress=lambda f, m: calls.append((f, m)))
+    load_backend("onnx-int8", tiny_model_dir, LoadOptions(progress=lambda f, m: calls.append((f, m))))
     assert calls == []  # found in the cache
 
 
 def test_changed_weights_make_the_cached_artifact_stale_and_it_is_rebuilt(tmp_path):
     folder = tmp_path / "model"
     save_checkpoint(folder, make_tiny(seed=1), "gpt2-code")
-    old = load_backend("onnx-fp32", folder, progress=lambda f, m: None).path
+    old = load_backend("onnx-fp32", folder, LoadOptions(progress=lambda f, m: None)).path
     save_checkpoint(folder, make_tiny(seed=2), "gpt2-code")  # retrained in place
     calls = []
-    backend = load_backend("onnx-fp32", folder, progress=lambda f, m: calls.append(m))
+    backend = load_backend("onnx-fp32", folder, LoadOptions(progress=lambda f, m: calls.append(m)))
     assert calls, "the stale artifact was used instead of rebuilt"
     assert backend.path != old and not old.parent.exists()  # the stale entry is gone
     ids = random_ids(16, seed=22)
@@ -64,10 +65,10 @@ def test_changed_weights_make_the_cached_artifact_stale_and_it_is_rebuilt(tmp_pa
 
 
 def test_a_damaged_cached_artifact_is_rebuilt(tiny_model_dir):
-    path = load_backend("onnx-fp32", tiny_model_dir, progress=lambda f, m: None).path
+    path = load_backend("onnx-fp32", tiny_model_dir, LoadOptions(progress=lambda f, m: None)).path
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     calls = []
-    backend = load_backend("onnx-fp32", tiny_model_dir, progress=lambda f, m: calls.append(m))
+    backend = load_backend("onnx-fp32", tiny_model_dir, LoadOptions(progress=lambda f, m: calls.append(m)))
     assert any("rebuilding" in m for m in calls)
     ids = random_ids(8, seed=23)
     assert (backend.prefill(ids) - reference_logits(tiny_model_dir, ids)[-1]).abs().max().item() < 1e-4
@@ -99,7 +100,7 @@ def test_an_onnx_file_from_other_weights_is_one_clear_error(model_with_onnx, tmp
     with pytest.raises(GptuiError, match="different weights"):
         load_backend("onnx-fp32", model_with_onnx)
     with pytest.raises(GptuiError, match="not a gptui int8"):  # an fp32 file where the INT8 one belongs
-        load_backend("onnx-int8", model_with_onnx, path=model_with_onnx / "onnx" / "model-fp32.onnx")
+        load_backend("onnx-int8", model_with_onnx, LoadOptions(onnx_path=model_with_onnx / "onnx" / "model-fp32.onnx"))
 
 
 def test_the_cli_reports_a_bad_onnx_file_in_one_line(model_with_onnx):
@@ -122,7 +123,7 @@ def test_building_is_deterministic(tiny_model_dir, tmp_path):
 def test_fp16_checkpoints_build_from_their_exact_values(tmp_path):
     folder = tmp_path / "half"
     save_checkpoint(folder, make_tiny(seed=5), "gpt2-code", dtype=torch.float16)
-    backend = load_backend("onnx-fp32", folder, progress=lambda f, m: None)
+    backend = load_backend("onnx-fp32", folder, LoadOptions(progress=lambda f, m: None))
     ids = random_ids(10, seed=24)
     model, _ = load_model(folder)
     with torch.no_grad():
@@ -136,7 +137,7 @@ def test_onnx_runtime_quantizers_give_usable_int8_models(exported_dir, tmp_path,
 
     calibration = [random_ids(32, seed=s) for s in range(2)] if method == "static" else None
     out = quantize_with_ort(exported_dir / "onnx" / "model-fp32.onnx", tmp_path / "q.onnx", method, calibration)
-    backend = load_backend("onnx-int8", exported_dir, path=out)
+    backend = load_backend("onnx-int8", exported_dir, LoadOptions(onnx_path=out))
     ids = random_ids(24, seed=25)
     expected = reference_logits(exported_dir, ids)
     got = backend.logits_all(ids)

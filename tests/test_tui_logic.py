@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import stat
 
 import pytest
 
+from gptui.core.backends import available_backends, backend_class
+from gptui.core.backends.contract import LoadOptions
 from gptui.core.generate import DoneEvent, TokenEvent
 from gptui.core.tokenizer import encode, get_encoding
 from gptui.tui.buffer import Buffer
-from gptui.tui.catalog import Catalog, _accepts
+from gptui.tui.catalog import Catalog
 from gptui.tui.chat import Turn, as_markdown, build_prompt, extract_code
 from gptui.tui.completion import BlockStopper, LineStopper
 from gptui.tui.ghost import Ghost
@@ -234,10 +237,12 @@ def test_catalog_loads_a_real_model(tiny_model_dir):
     assert encode(engine.encoding, "x") == [87]
 
 
-def test_progress_is_passed_only_to_loaders_that_take_it():
-    assert _accepts(lambda folder, progress=None: None, "progress")
-    assert _accepts(lambda folder, **options: None, "progress")
-    assert not _accepts(lambda folder: None, "progress")
+def test_every_backend_loader_takes_typed_options_and_swallows_nothing():
+    for name in available_backends():
+        parameters = inspect.signature(backend_class(name).load).parameters
+        assert list(parameters) == ["folder", "name", "options"], name
+        assert parameters["options"].default == LoadOptions()
+        assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values()), name
 
 
 def test_a_mid_line_completion_stops_before_its_first_newline():

@@ -44,6 +44,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
 
     from ..core import benchmark as bm
     from ..core.backends import load_backend
+    from ..core.backends.contract import LoadOptions
     from ..core.checkpoint import Checkpoint
     from . import peers
     from ..core.registry import resolve
@@ -61,7 +62,7 @@ def run_bench(model: str | None, backends: list[str], threads: int, prompt_token
     engines, info = {}, {}
     for name in backends:
         log(f"{name}: loading")
-        backend = load_backend(name, folder, threads=threads)
+        backend = load_backend(name, folder, LoadOptions(threads=threads))
         loss = bm.validation_loss(backend, loss_windows)[0] if loss_windows else None
         engines[backend.name] = functools.partial(bm.backend_run, backend, encoding, prompt, new_tokens)
         info[backend.name] = (backend.nbytes, loss)

@@ -7,7 +7,6 @@ only calls it from worker threads.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import tiktoken
 
 from ..core import backends as backend_registry
 from ..core.backends.base import Backend
+from ..core.backends.contract import LoadOptions
 from ..core.checkpoint import Checkpoint
 from ..core.errors import GptuiError
 from ..core.registry import ModelInfo, default_model_name, list_models, resolve
@@ -69,7 +69,7 @@ class Catalog:
         if not model.ok:
             return "model broken"
         try:
-            return backend_registry.backend_class(backend).status(model.path)
+            return str(backend_registry.backend_class(backend).status(model.path))
         except GptuiError as e:
             return str(e)
         except Exception as e:  # one backend's probe failing must not take the picker down
@@ -79,16 +79,5 @@ class Catalog:
         folder = resolve(model)
         ckpt = Checkpoint.open(folder)
         config, encoding_name = ckpt.config, ckpt.encoding
-        options = {}
-        if progress is not None and _accepts(backend_registry.backend_class(backend).load, "progress"):
-            options["progress"] = progress
-        loaded = backend_registry.load_backend(backend, folder, **options)
+        loaded = backend_registry.load_backend(backend, folder, LoadOptions(progress=progress))
         return Engine(folder.name, folder, loaded, get_encoding(encoding_name), config.num_params())
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GptuiError
+from .contract import LoadOptions
 
 if TYPE_CHECKING:  # the names stay importable without torch (the CLI's option choices, completion)
     from .base import Backend
@@ -40,6 +41,6 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-def load_backend(name: str, folder: str | Path, **options) -> Backend:
-    """Load the model in `folder` on backend `name` (options go to the backend's loader)."""
-    return backend_class(name).load(Path(folder), name=name, **options)
+def load_backend(name: str, folder: str | Path, options: LoadOptions | None = None) -> Backend:
+    """Load the model in `folder` on backend `name`; each loader reads the options that apply to it."""
+    return backend_class(name).load(Path(folder), name, options or LoadOptions())

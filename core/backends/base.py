@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
+
+from .contract import READY, LoadOptions, Status
 
 
 def cpu_threads(threads: int | None = None) -> int:
@@ -62,9 +65,15 @@ class Backend(ABC):
         return torch.stack(rows)
 
     @classmethod
-    def status(cls, folder) -> str:
-        """'ready', 'builds on first use', or why this backend cannot run the model here."""
-        return "ready"
+    def load(cls, folder: Path, name: str, options: LoadOptions) -> Backend:
+        """The model in `folder`, ready to run; GptuiError (one line) when it cannot be. Registered
+        backends implement it (tests' scripted backends are built directly)."""
+        raise NotImplementedError(f"{cls.__name__} is not loaded from a folder")
+
+    @classmethod
+    def status(cls, folder: Path) -> Status:
+        """Ready, builds on first use, or unavailable here and why."""
+        return READY
 
     @property
     @abstractmethod

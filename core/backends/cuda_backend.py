@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_model
 from ..errors import GptuiError
-from ..model import GPT
 from ..kernels.fused_linear import available as fused_available
 from ..kernels.fused_linear import fused_linear
+from ..model import GPT
+from .contract import READY, LoadOptions, Status, unavailable
 from .torch_backend import TorchBackend
 
 # CUDA graph by hand over the fused Triton kernels (fused_linear.py) or over plain torch ops;
@@ -135,19 +136,19 @@ class CudaBackend(TorchBackend):
             self.static_logits = self.decoder.step(self.token, self.pos)
 
     @classmethod
-    def load(cls, folder, name: str = "cuda", mode: str = "graph", **_) -> "CudaBackend":
-        reason = cls.status(folder)
-        if reason != "ready":
-            raise GptuiError(f"the cuda backend {reason}; use onnx-int8 or torch-fp32 on this machine")
+    def load(cls, folder, name: str = "cuda", options: LoadOptions = LoadOptions()) -> "CudaBackend":
+        status = cls.status(folder)
+        if not status.usable:
+            raise GptuiError(f"the cuda backend {status}; use onnx-int8 or torch-fp32 on this machine")
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return cls(model, name=name, device="cuda", dtype=dtype, mode=mode)
+        return cls(model, name=name, device="cuda", dtype=dtype, mode=options.cuda_mode)
 
     @classmethod
-    def status(cls, folder) -> str:
+    def status(cls, folder) -> Status:
         if not torch.cuda.is_available():
-            return "needs an NVIDIA GPU with CUDA (none found)"
-        return "ready"
+            return unavailable("needs an NVIDIA GPU with CUDA (none found)")
+        return READY
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:

@@ -15,8 +15,9 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import GptuiError
-from ..onnx_export import Progress, artifact_status, find_or_build
+from ..onnx_export import artifact_status, find_or_build
 from .base import Backend, cpu_threads
+from .contract import LoadOptions, Status, unavailable
 
 
 def _ort():
@@ -92,24 +93,24 @@ class OnnxBackend(Backend):
         self._binding.bind_ortvalue_output("logits", _ort().OrtValue.ortvalue_from_numpy(self._logits))
 
     @classmethod
-    def load(cls, folder, name: str | None = None, progress: Progress | None = None, threads: int | None = None,
-             path: str | Path | None = None, spin: bool = True, **_) -> "OnnxBackend":
+    def load(cls, folder, name: str | None = None, options: LoadOptions = LoadOptions()) -> "OnnxBackend":
         """Open the model's ONNX artifact, building it first if there is none (see core.onnx_export).
 
-        progress(fraction, message) hears about a build; path names an exact ONNX file to use;
-        threads and spin go to session_options.
+        options.progress hears about a build; options.onnx_path names an exact ONNX file to use;
+        options.threads and options.spin go to session_options.
         """
         _ort()
         config = Checkpoint.open(folder).config
-        session, found = find_or_build(folder, cls.kind, lambda p: open_session(p, threads, spin), progress, path)
+        session, found = find_or_build(folder, cls.kind, lambda p: open_session(p, options.threads, options.spin),
+                                       options.progress, options.onnx_path)
         return cls(session, found, config, name or f"onnx-{cls.kind}")
 
     @classmethod
-    def status(cls, folder) -> str:
+    def status(cls, folder) -> Status:
         try:
             _ort()
         except GptuiError as e:
-            return str(e)
+            return unavailable(str(e))
         return artifact_status(folder, cls.kind)
 
     def _run(self) -> None:

@@ -6,10 +6,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import cpu_kernels
 from ..checkpoint import load_model
+from ..kernels import cpu_kernels
 from ..model import GPT
 from .base import Backend
+from .contract import LoadOptions
 
 
 def onednn_available() -> bool:
@@ -90,7 +91,7 @@ class TorchBackend(Backend):
         self.model.setup_cache(batch=1, device=self.device)
 
     @classmethod
-    def load(cls, folder, name: str = "torch-fp32", **_) -> "TorchBackend":
+    def load(cls, folder, name: str = "torch-fp32", options: LoadOptions = LoadOptions()) -> "TorchBackend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
         return cls(use_c_blocks(to_cpu_linears(model)), name=name)
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
+from .contract import LoadOptions
 from .torch_backend import TorchBackend, use_c_attention
 
 
@@ -76,7 +77,7 @@ def quantize_int8(model: GPT) -> GPT:
 
 class TorchInt8Backend(TorchBackend):
     @classmethod
-    def load(cls, folder, name: str = "torch-int8", **_) -> "TorchInt8Backend":
+    def load(cls, folder, name: str = "torch-int8", options: LoadOptions = LoadOptions()) -> "TorchInt8Backend":
         model, _encoding = load_model(folder, device="cpu", dtype=torch.float32)
         return cls(use_c_attention(quantize_int8(model)), name=name)
 
