@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # gptui-code's training pipeline on a lent GPU machine (bench/NOTES.md, sessions 9-10), one stage per
 # device call, everything under runs/ (kept between the calls of one lease):
-#   upload      copy .carry/up/*/sp.* (pieces of a tar of the model to continue from; each call
-#               carries one .carry/up/N, so nothing is swapped between calls) into runs/up/
-#   prep SECS   setup, take any pieces carried with it, unpack the tar of the pieces into
-#               runs/init when INIT is set, unpack .carry/corpus.tar.xz + .carry/exercism.tar.xz,
+#   upload      copy the pieces in .carry/up/*/ (bench/rebuild_carry.sh: sp.NN of a tar of the model
+#               to continue from, cp.NN of the corpus' xz tar; each call carries one .carry/up/N, so
+#               nothing is swapped between calls) into runs/up/
+#   prep SECS   setup, take any pieces carried with it, unpack the model's pieces into runs/init when
+#               INIT is set, unpack the corpus' pieces (or .carry/corpus.tar.xz) + .carry/exercism.tar.xz,
 #               prepare the code (held-out files fixed by exports/corpus.json), mine SFT pairs in
-#               the background, pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code)
+#               the background, pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code;
+#               STEPS=N ends the run, decay included, at step N; STASH=1: then the stash stage)
 #   train2 SECS resume, lengthened to what SECS holds; the WSD decay lands at the end
 #               (STASH=1: then the stash stage in the same call; leave ~40 s of SECS for it)
 #   finish      SFT (SFT_MIX=1: replay code windows), blends of base and SFT weights
 #               (bench/sft_blend.py), evals, greedy funceval of each, fp16 shards of the pick
-#               (and of the base with SHIP_BASE=1) cut into 16.7 MB pieces, the first three in $OUT
+#               as folder SHIP_NAME (default gptui-code; and of the base as SHIP_NAME-base with
+#               SHIP_BASE=1) cut into 16.7 MB pieces, the first three in $OUT
 #   stash       fp16 shards of the pretrained base in pieces, the first three in $OUT (then chunk
 #               calls): bring the base home before SFT, so a machine lost between calls costs only
 #               the SFT stage (session 11 lost a 6% better base that way)
@@ -32,6 +35,7 @@ else
   EXTRA="--eval-every 250 --save-every 500 --log-every 10"; NPROC=16; HOLD="--holdout-from exports/corpus.json"
   SFT_ARGS=${SFT_ARGS:-"--steps 300 --batch-tokens 65536 --micro-batch 64 --lr 1e-4 --warmup 20 --eval-every 100 --save-every 300 --log-every 10"}
 fi
+SHIP_NAME=${SHIP_NAME:-gptui-code}
 if [ -n "${INIT:-}" ]; then FROM="--init $INIT"; else FROM="--preset $PRESET"; fi
 PRE="--data $R/data/code $FROM --out $R/base --schedule wsd --decay-frac 0.25 --lr ${LR:-1.5e-3} --warmup ${WARMUP:-150} --batch-tokens $BT --micro-batch $MB"
 
@@ -60,22 +64,24 @@ cut() {  # folders under $R/ship -> $R/ship.tar in 16.7 MB pieces $R/sp.NN, the 
 }
 
 stash() {
-  log "stash base"; rm -rf $R/ship; mkdir -p $R/ship; ship $R/base/latest $R/ship/gptui-code; cut gptui-code
+  log "stash base"; rm -rf $R/ship; mkdir -p $R/ship; ship $R/base/latest $R/ship/$SHIP_NAME-base; cut $SHIP_NAME-base
   cp $R/base/metrics.jsonl $R/base/run.json $OUT/
 }
 
 case $stage in
 upload)
-  mkdir -p $R/up && cp .carry/up/*/sp.* $R/up/ && ls -l $R/up
+  mkdir -p $R/up && cp .carry/up/*/* $R/up/ && ls -l $R/up
   ;;
 prep)  # and pretrain part 1: the SFT data is mined on the CPUs while the GPU trains
   setup; secs=${1:?seconds}; t0=$(date +%s)
   if [ -z "${TINY:-}" ]; then
+    mkdir -p $R/up $R/init $R/src/gathered $R/src/exercism; cp .carry/up/*/* $R/up/ 2>/dev/null
     if [ -n "${INIT:-}" ]; then
-      mkdir -p $R/up $R/init && { cp .carry/up/*/sp.* $R/up/ 2>/dev/null; cat $R/up/sp.* | tee >(sha256sum >&2) | tar -x -C $R/init; } || exit 1
+      cat $R/up/sp.* | tee >(sha256sum >&2) | tar -x -C $R/init || exit 1
       ls $R/init
     fi
-    mkdir -p $R/src/gathered $R/src/exercism && tar -xJf .carry/corpus.tar.xz -C $R/src/gathered && tar -xJf .carry/exercism.tar.xz -C $R/src/exercism || exit 1
+    corpus=.carry/corpus.tar.xz; ls $R/up/cp.* >/dev/null 2>&1 && corpus="$(ls $R/up/cp.*)"
+    cat $corpus | tee >(sha256sum >&2) | tar -xJ -C $R/src/gathered && tar -xJf .carry/exercism.tar.xz -C $R/src/exercism || exit 1
   fi
   log "prepare code"; $GT prepare $SRCS --out $R/data/code --num-proc $NPROC $HOLD || exit 1
   cp $R/data/code/manifest.json $OUT/code-manifest.json
@@ -86,6 +92,7 @@ prep)  # and pretrain part 1: the SFT data is mined on the CPUs while the GPU tr
   timeout -s INT -k 90 $left $GT pretrain $PRE --steps ${STEPS:-100000} $EXTRA; log "rc $?"
   wait; tail -3 $R/sft-prepare.log
   cp $R/base/metrics.jsonl $OUT/base-metrics.jsonl; cp $R/data/sft/manifest.json $OUT/sft-manifest.json
+  [ -n "${STASH:-}" ] && stash
   ;;
 train2)
   setup; secs=${1:?seconds}
@@ -120,10 +127,10 @@ finish)
     python3 -c "import json; d=json.load(open('$E/funceval-$n.json')); print('$n', {k: v for k, v in d.items() if k != 'tasks'})" | head -c 600
   done
   pick=$(python3 bench/sft_blend.py pick $E ${names% init}) || exit 1; log "pick $pick"; echo $pick > $E/pick
-  log "fp16 shards"; rm -rf $R/ship; mkdir -p $R/ship
-  [ -n "${SHIP_BASE:-}" ] && ship $R/m-base $R/ship/gptui-code-base
-  ship $R/m-$pick $R/ship/gptui-code
-  cut gptui-code*
+  log "fp16 shards"; rm -rf $R/ship; mkdir -p $R/ship; shipped=$SHIP_NAME
+  [ -n "${SHIP_BASE:-}" ] && ship $R/m-base $R/ship/$SHIP_NAME-base && shipped="$shipped $SHIP_NAME-base"
+  ship $R/m-$pick $R/ship/$SHIP_NAME
+  cut $shipped  # names, not a glob: cut tars them from inside $R/ship
   tar -czf $OUT/misc.tgz $R/sft/metrics.jsonl $R/base/metrics.jsonl $R/base/run.json $R/sft/run.json $E $R/pipeline.log $R/data/code/val-*.npy $R/data/code/manifest.json $R/data/sft/manifest.json
   ;;
 stash)  # the pretrained base, fp16, in pieces (then chunk calls): what a lost machine would take with it
