@@ -8,7 +8,9 @@
 #               INIT is set, unpack the corpus' pieces (or .carry/corpus.tar.xz) + .carry/exercism.tar.xz,
 #               prepare the code (held-out files fixed by exports/corpus.json), mine SFT pairs in
 #               the background, pretrain for what is left of SECS (from scratch, or INIT=runs/init/gptui-code;
-#               STEPS=N ends the run, decay included, at step N; STASH=1: then the stash stage)
+#               STEPS=N ends the run, decay included, at step N; STASH=1: then the stash stage;
+#               QUALITY_MIX=R: a share R of the rows are windows of the exercise-shaped repositories
+#               (QUALITY_DIRS, prepared apart into runs/data/quality), which the code corpus holds too)
 #   train2 SECS resume, lengthened to what SECS holds; the WSD decay lands at the end
 #               (STASH=1: then the stash stage in the same call; leave ~40 s of SECS for it)
 #   finish      SFT (SFT_MIX=1: replay code windows), blends of base and SFT weights
@@ -36,6 +38,9 @@ else
   SFT_ARGS=${SFT_ARGS:-"--steps 300 --batch-tokens 65536 --micro-batch 64 --lr 1e-4 --warmup 20 --eval-every 100 --save-every 300 --log-every 10"}
 fi
 SHIP_NAME=${SHIP_NAME:-gptui-code}
+QUALITY_DIRS=${QUALITY_DIRS:-$(for r in TheAlgorithms+Python keon+algorithms OmkarPathak+pygorithm norvig+pytudes \
+  prabhupant+python-ds kamyu104+LeetCode-Solutions neetcode-gh+leetcode qiyuangong+leetcode geekcomputers+Python; do
+  echo $R/src/gathered/$r; done)}
 if [ -n "${INIT:-}" ]; then FROM="--init $INIT"; else FROM="--preset $PRESET"; fi
 PRE="--data $R/data/code $FROM --out $R/base --schedule wsd --decay-frac 0.25 --lr ${LR:-1.5e-3} --warmup ${WARMUP:-150} --batch-tokens $BT --micro-batch $MB"
 
@@ -85,6 +90,10 @@ prep)  # and pretrain part 1: the SFT data is mined on the CPUs while the GPU tr
   fi
   log "prepare code"; $GT prepare $SRCS --out $R/data/code --num-proc $NPROC $HOLD || exit 1
   cp $R/data/code/manifest.json $OUT/code-manifest.json
+  if [ -n "${QUALITY_MIX:-}" ]; then
+    log "prepare quality"; $GT prepare $(for d in $QUALITY_DIRS; do [ -d $d ] && echo $d; done) --out $R/data/quality --num-proc $NPROC || exit 1
+    cp $R/data/quality/manifest.json $OUT/quality-manifest.json; PRE="$PRE --mix-data $R/data/quality --mix-rate $QUALITY_MIX"
+  fi
   log "prepare sft (background)"
   ($GT prepare $(for s in $MINE; do echo --mine $s; done) --holdout $R/data/code --out $R/data/sft --num-proc 8 > $R/sft-prepare.log 2>&1; echo "sft prepare rc $?" >> $R/sft-prepare.log) &
   left=$(( secs - ($(date +%s) - t0) ))

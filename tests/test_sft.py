@@ -107,6 +107,3 @@ def test_sft_with_mix_data_trains_and_records_it(tmp_path, tmp_path_factory):
     assert result.exit_code == 0, result.output
     training = Checkpoint.open(out / "latest").provenance["training"]
     assert training["mix_rate"] == 0.3 and training["mix_data"]["type"] == "python_files"
-    bad = CliRunner().invoke(main, ["pretrain", *train_args(prepared_code(tmp_path_factory), tmp_path / "p", steps=2,
-                                                            preset="tiny", mix_data=prepared_code(tmp_path_factory))])
-    assert bad.exit_code == 1 and "--mix-data goes with sft" in bad.output

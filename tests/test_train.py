@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -371,3 +372,42 @@ def test_fused_loss_kernel_matches_its_torch_contract_on_a_gpu(dtype):
     torch.testing.assert_close(got_loss, expected_loss, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(logits.float(), expected.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
     assert logits[::7].abs().max().item() == 0  # rows without a target get no gradient
+
+
+def test_pretrain_mix_data_upweights_a_second_corpus_with_fim(data, tmp_path, tmp_path_factory):
+    """--mix-data on pretrain: a share of every epoch's rows are windows of the second folder,
+    rearranged for fill-in-the-middle like the main corpus, and the provenance says so."""
+    from gptui.core.checkpoint import Checkpoint
+    from gptui.core.tokenizer import fim_ids, get_encoding
+    from gptui.training import distributed
+    from gptui.training.data import MixedRows
+    from gptui.training.prepare_code import prepare_code
+    from gptui.training.trainer import Trainer
+
+    src = tmp_path / "exercises"
+    src.mkdir()
+    for i in range(12):
+        (src / f"ex{i}.py").write_text(f'def square_{i}(x):\n    """Return x squared plus {i}."""\n'
+                                       f"    return x * x + {i}\n\n\nprint(square_{i}({i}))\n" * 20)
+    mix = tmp_path / "mix"
+    prepare_code([src], mix, val_fraction=0.2, seed=0, num_proc=1, cache=tmp_path / "cache")
+    trainer = Trainer(config(data, tmp_path / "run", mix_data=str(mix), mix_rate=0.5, fim_rate=1.0),
+                      distributed.setup("cpu"))
+    rows = trainer.train_rows
+    assert isinstance(rows, MixedRows) and rows.n_code == rows.n_sft  # rate 0.5: as many mixed rows as main ones
+    x, _ = rows.rows(0, rows.n_sft + np.arange(4))
+    encoding = get_encoding("gpt2-code")
+    sentinels = fim_ids(encoding)
+
+    def text(ids: np.ndarray) -> str:
+        return encoding.decode([t for t in ids.ravel().tolist() if t not in sentinels])
+
+    assert "square_" in text(x)  # the mixed rows come from the second corpus ...
+    assert np.isin(x, sentinels).any()  # ... rearranged at the run's FIM rate
+    assert "square_" not in text(rows.rows(0, np.arange(4))[0])
+
+    out = tmp_path / "cli"
+    result = pretrain(*train_args(data, out, steps=2, preset="tiny", mix_data=mix, mix_rate=0.25))
+    assert result.exit_code == 0, result.output
+    training = Checkpoint.open(out / "latest").provenance["training"]
+    assert training["mix_rate"] == 0.25 and training["mix_data"]["type"] == "python_files"

@@ -156,10 +156,11 @@ def _training_options(sft: bool):
                      show_default=True, help="Attention kernel on CUDA (auto lets PyTorch choose)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--mix-data", type=click.Path(path_type=Path), default=None,
-                     help="sft: a prepared code folder whose windows are mixed into every batch, so "
-                          "fine-tuning keeps the model's plain completions."),
+                     help="A prepared code folder whose windows are mixed into every batch: with sft, replayed "
+                          "code keeps the model's plain completions; with pretrain, a smaller corpus "
+                          "(exercise-shaped code, say) is upweighted."),
         click.option("--mix-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
-                     show_default=True, help="sft with --mix-data: share of rows that are code windows."),
+                     show_default=True, help="With --mix-data: share of rows that are its windows."),
         click.option("--fim-rate", type=click.FloatRange(0, 1), default=None,
                      help="Share of documents rearranged prefix-suffix-middle for fill-in-the-middle "
                           "[0.5 when pretraining with gpt2-code, 0 for sft]."),

@@ -133,12 +133,14 @@ class PackedExamples:
 
 
 class MixedRows:
-    """SFT rows with pretraining windows mixed in: a share `rate` of each epoch's rows are code
-    windows (every token a target), the rest SFT examples. Fine-tuning on instructions alone
-    moves a model away from plain code; replaying pretraining data keeps its completions.
+    """Rows of one source with code windows mixed in: a share `rate` of each epoch's rows are
+    windows of a second, prepared code folder (every token a target). For SFT: fine-tuning on
+    instructions alone moves a model away from plain code; replaying pretraining data keeps its
+    completions. For pretraining: a small corpus of better code is seen more often than its size
+    alone would give.
 
-    Row ids below the SFT count are SFT rows; the others are code windows, taken in order from
-    where the previous epoch stopped, so successive epochs replay different code.
+    Row ids below the first source's count are its rows; the others are code windows, taken in
+    order from where the previous epoch stopped, so successive epochs see different windows.
     """
 
     def __init__(self, sft, code: TokenWindows, rate: float):

@@ -59,8 +59,8 @@ class TrainConfig:
     decay_frac: float = 0.2  # wsd: share of the steps spent decaying
     fim_rate: float | None = None  # share of documents rearranged for fill-in-the-middle; None: 0.5 when
     # pretraining with an encoding that has FIM tokens, else 0
-    mix_data: str | None = None  # sft: a prepared code folder whose windows are mixed into the batches
-    mix_rate: float = 0.25  # sft with mix_data: share of rows that are code windows
+    mix_data: str | None = None  # a prepared code folder whose windows are mixed into the batches
+    mix_rate: float = 0.25  # with mix_data: share of rows that are its windows
     weight_decay: float = 0.1  # on matrices and embeddings only
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 250  # steps between validation passes
@@ -203,14 +203,14 @@ class Trainer:
         return GPT(config), cfg.encoding, {"preset": cfg.preset, "seed": cfg.seed}
 
     def _mixed(self, rows, folder: Path, T: int) -> MixedRows:
-        """SFT rows with the training windows of a prepared code folder mixed in."""
-        if self.cfg.task != "sft":
-            raise GptuiError("--mix-data goes with sft (pretraining data is already code)")
+        """The training rows with the training windows of a prepared code folder mixed in: replayed
+        code for sft; for pretraining, a smaller corpus upweighted (FIM'd at the same rate)."""
         manifest = read_manifest(folder, PRETRAIN)
         if manifest["encoding"] != self.encoding:
             raise GptuiError(f"{folder} was tokenised with {manifest['encoding']}, but the model uses {self.encoding}")
         self.mix_source = manifest["source"]
-        return MixedRows(rows, open_rows(folder, manifest, "train", T, self.cfg.seed), self.cfg.mix_rate)
+        mixed = open_rows(folder, manifest, "train", T, self.cfg.seed, self.cfg.fim_rate)
+        return MixedRows(rows, mixed, self.cfg.mix_rate)
 
     def _create_out(self) -> None:
         try:
