@@ -83,6 +83,10 @@ TOOL = {
     "LICENSE": MIT,
     "tool/__init__.py": "from .core import run\n",
     "tool/core.py": "def run(values):\n    return sorted(set(values))\n",
+    "tool/vendored.py": "# This program is free software: you can redistribute it and/or modify it under the terms\n"
+                        "# of the GNU Lesser General Public License as published by the Free Software Foundation.\n"
+                        "def pinmatrix():\n    return 9\n",
+    "tool/notice.py": "# Licensed under the Apache License, Version 2.0 (the \"License\").\nVALUE = 1\n",
     "setup.py": "from setuptools import setup\n\nsetup(name='tool')\n",
     "README.md": "not python\n",
     "evals/HumanEval/problem_0.py": "def has_close_elements(numbers):\n    pass\n",
@@ -111,15 +115,18 @@ def test_gather_copies_python_files_and_records_each_repo(mirrors, tmp_path):
     assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     # Only the licensed repo's .py files; benchmark paths (any case) and hidden folders left out.
-    assert written == ["acme+tool/setup.py", "acme+tool/tool/__init__.py", "acme+tool/tool/core.py", "sources.json"]
+    # A file whose own header puts it under a refused licence is left out; a permissive header is fine.
+    assert written == ["acme+tool/setup.py", "acme+tool/tool/__init__.py", "acme+tool/tool/core.py",
+                       "acme+tool/tool/notice.py", "sources.json"]
     assert (out / "acme+tool/tool/core.py").read_text() == TOOL["tool/core.py"]
     record = json.loads((out / "sources.json").read_text())
     repos = {r["repo"]: r for r in record["repos"]}
     tool_entry = repos["acme/tool"]
     assert tool_entry["commit"] == tool_commit and tool_entry["license"] == "MIT"
-    assert tool_entry["files"] == 3
-    assert tool_entry["bytes"] == sum(len(TOOL[p].encode()) for p in ("setup.py", "tool/__init__.py", "tool/core.py"))
-    assert tool_entry["skipped"] == {"benchmark": 2, "hidden_or_cache_dir": 1}
+    copied = ("setup.py", "tool/__init__.py", "tool/core.py", "tool/notice.py")
+    assert tool_entry["files"] == 4
+    assert tool_entry["bytes"] == sum(len(TOOL[p].encode()) for p in copied)
+    assert tool_entry["skipped"] == {"benchmark": 2, "file_licence": 1, "hidden_or_cache_dir": 1}
     assert "refused" not in tool_entry
     assert "GPL" in repos["acme/copyleft"]["refused"] and repos["acme/copyleft"]["files"] == 0
     assert "Django" in repos["acme/django-extras"]["refused"]
@@ -136,7 +143,7 @@ def test_prepare_manifest_names_repo_commit_and_licence(mirrors, tmp_path):
     manifest = json.loads((data / "manifest.json").read_text())
     [row] = manifest["packages"]
     assert (row["package"], row["distribution"], row["version"], row["license"]) == ("acme+tool", "acme/tool", commit, "MIT")
-    assert row["files"] == 3 and row["tokens"] == manifest["splits"]["train"]["tokens"]
+    assert row["files"] == 4 and row["tokens"] == manifest["splits"]["train"]["tokens"]
 
 
 def test_existing_output_needs_force(mirrors, tmp_path):

@@ -33,6 +33,7 @@ REFUSED_NAME_PARTS = ("django",)
 BENCHMARK_PATH_PARTS = ("humaneval", "mbpp")
 LICENSE_FILE = re.compile(r"(licen[cs]e|copying)", re.IGNORECASE)
 # Folders prepare never reads (find_python_files skips them too); leaving them out keeps the tree small.
+HEADER_BYTES = 2000  # a file's own licence notice sits in its opening comment
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".nox", ".venv", "node_modules"}
 
 # (phrase in the whitespace-collapsed lower-case text, licence). The earliest phrase in the file
@@ -164,6 +165,13 @@ def _license_of(mirror: Path, tree) -> tuple[str | None, str | None, str]:
     return None, files[0][0], f"licence not recognised in {', '.join(p for p, _ in files)}"
 
 
+def _refused_header(data: bytes) -> bool:
+    """A file whose opening comment puts it under a licence we do not train on (a GPL file
+    vendored into an MIT repository, say), whatever the repository's own licence."""
+    found = detect_license(data[:HEADER_BYTES].decode("utf-8", "replace"))
+    return found is not None and found not in ALLOWED_LICENSES
+
+
 def _wanted(path: str) -> str:
     """Why a .py path in the tree is not copied, or "" to copy it."""
     parts = path.split("/")
@@ -200,8 +208,9 @@ def gather_repo(mirror: Path, commit: str, dest: Path, max_file_bytes: int) -> d
         chosen.append((oid, path))
     folder = dest / entry["folder"]
     for (oid, path), data in zip(chosen, _read_blobs(mirror, [oid for oid, _ in chosen])):
-        if data is None:
-            skipped["absent_from_mirror"] = skipped.get("absent_from_mirror", 0) + 1
+        reason = "absent_from_mirror" if data is None else "file_licence" if _refused_header(data) else ""
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
         target = folder / path
         target.parent.mkdir(parents=True, exist_ok=True)
