@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -21,8 +20,6 @@ from pathlib import Path
 
 from .errors import GptuiError
 from .paths import data_dir
-
-log = logging.getLogger(__name__)
 
 DB_NAME = "gptui.db"
 BUSY_TIMEOUT_S = 5.0  # how long a writer waits for another one before giving up on its entry
@@ -171,8 +168,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 class History:
-    """The log as the app and the CLI use it: never raises; the first failure turns it off and
-    leaves one line in `warning` for the caller to show."""
+    """The log as the app, the CLI and `serve` use it: never raises; the first failure turns it
+    off and leaves one line in `warning` for the caller to show. Nothing goes through `logging`:
+    with no handler configured, its last-resort handler would print the line a second time."""
 
     def __init__(self, path: Path | None = None, enabled: bool = True, source: str = "app") -> None:
         self.path = path or db_path()
@@ -191,7 +189,6 @@ class History:
 
     def _off(self, reason: str) -> None:
         self.warning = f"{reason}; logging is off"
-        log.warning(self.warning)
         if self.conn is not None:
             try:
                 self.conn.close()

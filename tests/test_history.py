@@ -139,6 +139,22 @@ def test_the_cli_still_completes_with_a_corrupted_log(log_db, tiny_model_dir):
     assert result.stderr.count("logging is off") == 1
 
 
+def test_a_real_cli_process_says_so_in_exactly_one_line(log_db, tiny_model_dir):
+    """Not through CliRunner: pytest's log capture hides logging's last-resort handler, which once
+    printed the warning a second time."""
+    import os
+    import subprocess
+    import sys
+
+    log_db.parent.mkdir(parents=True)
+    log_db.write_bytes(b"garbage" * 1000)
+    result = subprocess.run([sys.executable, "-m", "gptui.tui.cli", "--model", str(tiny_model_dir), "-n", "4",
+                             "-t", "0"], input=b"def f(x):\n", capture_output=True, timeout=120, env=os.environ.copy())
+    assert result.returncode == 0 and result.stdout
+    assert result.stderr.decode() == (f"warning: {log_db}: the log database is unreadable (file is not a database); "
+                                      "logging is off\n")
+
+
 def test_prepare_from_log_makes_examples_of_what_was_kept(log_db, tmp_path):
     from gptui.training.cli import main as train
 
