@@ -4,7 +4,8 @@ The same database keeps the app's named chats (tui/chats.py; schema version 2).
 One row per generation, written when it ends; ghost-text rows are updated when the user
 accepts (all or part) or dismisses them. WAL mode and a busy timeout let two app instances,
 `serve` and the CLI write at once; each write is its own short transaction, so a killed
-process loses at most the entry it was writing. A database that cannot be read (corrupted,
+process loses at most the entry it was writing. A History is used by one thread at a time, not
+necessarily the one that opened it (`serve` writes from its generation thread). A database that cannot be read (corrupted,
 or written by a newer gptui) turns logging off with one warning line: the app still starts.
 """
 
@@ -30,11 +31,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE entries (
             id INTEGER PRIMARY KEY,
             created REAL NOT NULL,          -- unix time the generation ended
-            source TEXT NOT NULL,           -- app or cli
+            source TEXT NOT NULL,           -- app, cli or serve (SOURCES)
             kind TEXT NOT NULL,             -- completion or chat
             prompt_hash TEXT NOT NULL,      -- sha256 of prompt, context and suffix
             prompt TEXT NOT NULL,           -- the code before the cursor, or the chat instruction
-            context TEXT NOT NULL DEFAULT '',  -- chat: the editor selection sent with it
+            context TEXT NOT NULL DEFAULT '',  -- chat: the editor selection sent with it (serve: the earlier
+                                               -- messages, a JSON list of {role, content})
             suffix TEXT NOT NULL DEFAULT '',   -- fill-in-the-middle: the code after the cursor
             output TEXT NOT NULL,
             model TEXT, backend TEXT, seed INTEGER,
@@ -70,6 +72,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+SOURCES = ("app", "cli", "serve")  # who wrote an entry: the Textual app, `gptui PROMPT`, `gptui serve`
 
 
 def db_path() -> Path:
@@ -91,7 +94,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
                                    isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as e:
         raise GptuiError(f"{path}: cannot open the log ({e})") from None
     try:
@@ -233,11 +236,14 @@ class History:
             self.conn = None
 
 
-def recent(path: Path, limit: int = 10, model: str | None = None) -> list[dict]:
-    """The last `limit` entries (0: all), oldest first; GptuiError when the file is unusable."""
+def recent(path: Path, limit: int = 10, model: str | None = None, source: str | None = None) -> list[dict]:
+    """The last `limit` entries (0: all) of a model and source, if given, oldest first; GptuiError
+    when the file is unusable."""
     conn = connect(path, readonly=True)
     try:
-        where, args = ("WHERE model = ?", [model]) if model else ("", [])
+        filters = [(column, value) for column, value in (("model", model), ("source", source)) if value]
+        where = "WHERE " + " AND ".join(f"{column} = ?" for column, _ in filters) if filters else ""
+        args = [value for _, value in filters]
         sql = f"SELECT * FROM entries {where} ORDER BY id DESC" + (" LIMIT ?" if limit else "")
         rows = conn.execute(sql, args + ([limit] if limit else [])).fetchall()
     except sqlite3.DatabaseError as e:

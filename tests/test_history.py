@@ -110,6 +110,9 @@ def test_logs_command(log_db):
     assert json.loads(last[0]["sampling"])["seed"] == 8 and len(last[0]["prompt_hash"]) == 64
     alpha = json.loads(runner.invoke(main, ["logs", "--json", "--model", "alpha"]).output)
     assert [e["output"] for e in alpha] == ["\n    return a + b"]
+    assert len(json.loads(runner.invoke(main, ["logs", "--json", "--source", "app"]).output)) == 2
+    assert json.loads(runner.invoke(main, ["logs", "--json", "--source", "serve", "--model", "alpha"]).output) == []
+    assert runner.invoke(main, ["logs", "--source", "nobody"]).exit_code == 2
 
 
 def test_the_cli_logs_a_completion_unless_told_not_to(log_db, tiny_model_dir, tmp_path, monkeypatch):
