@@ -254,12 +254,13 @@ def recent(path: Path, limit: int = 10, model: str | None = None, source: str | 
 
 
 def training_rows(path: Path) -> list[dict]:
-    """Accepted completions (prompt, output: the part accepted) and kept chat answers
-    (instruction, input, output), in prepare_sft's schema, oldest first."""
+    """Accepted completions (prompt, suffix: the code after the cursor when the model saw it,
+    output: the part accepted) and kept chat answers (instruction, input, output), in
+    prepare_sft's schema, oldest first."""
     conn = connect(path, readonly=True)
     try:
         rows = conn.execute(
-            "SELECT id, kind, prompt, context, output, accepted, outcome FROM entries WHERE "
+            "SELECT id, kind, prompt, context, suffix, output, accepted, outcome FROM entries WHERE "
             "(kind = 'completion' AND outcome IN ('accepted', 'partial')) OR (kind = 'chat' AND outcome = 'kept') "
             "ORDER BY id").fetchall()
     except sqlite3.DatabaseError as e:
@@ -269,10 +270,11 @@ def training_rows(path: Path) -> list[dict]:
     examples = []
     for r in rows:
         if r["kind"] == "chat":
-            examples.append({"instruction": r["prompt"], "input": r["context"], "output": r["output"], "prompt": ""})
+            examples.append({"instruction": r["prompt"], "input": r["context"], "output": r["output"], "prompt": "",
+                             "suffix": ""})
         else:
             examples.append({"instruction": "", "input": "", "output": r["accepted"] or r["output"],
-                             "prompt": r["prompt"]})
+                             "prompt": r["prompt"], "suffix": r["suffix"]})
     return [e for e in examples if e["output"].strip()]
 
 
