@@ -99,7 +99,7 @@ def _tokenise_examples(batch: dict, encoding: str) -> dict:
     for instruction, input_, prompt, suffix, output in zip(*columns, batch["output"]):
         instruction, input_, prompt, suffix, output = (t or "" for t in (instruction, input_, prompt, suffix, output))
         shape = example_shape(prompt, suffix)
-        if not (shape != "instruction" or instruction.strip()) or not output.strip():
+        if shape == "instruction" and not instruction.strip() or not output.strip():
             prompt_ids, response_ids = [], []  # marked empty; counted and dropped by the caller
         elif shape == FIM:  # the middle exactly as it went between prefix and suffix: no added newline
             prompt_ids, response_ids = fim_prompt(enc, prompt, suffix), encode(enc, output) + [enc.eot_token]
