@@ -4,7 +4,8 @@ The same database keeps the app's named chats (tui/chats.py; schema version 2).
 One row per generation, written when it ends; ghost-text rows are updated when the user
 accepts (all or part) or dismisses them. WAL mode and a busy timeout let two app instances,
 `serve` and the CLI write at once; each write is its own short transaction, so a killed
-process loses at most the entry it was writing. A database that cannot be read (corrupted,
+process loses at most the entry it was writing. A History is used by one thread at a time, not
+necessarily the one that opened it (`serve` writes from its generation thread). A database that cannot be read (corrupted,
 or written by a newer gptui) turns logging off with one warning line: the app still starts.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -21,8 +21,6 @@ from pathlib import Path
 
 from .errors import GptuiError
 from .paths import data_dir
-
-log = logging.getLogger(__name__)
 
 DB_NAME = "gptui.db"
 BUSY_TIMEOUT_S = 5.0  # how long a writer waits for another one before giving up on its entry
@@ -33,11 +31,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE entries (
             id INTEGER PRIMARY KEY,
             created REAL NOT NULL,          -- unix time the generation ended
-            source TEXT NOT NULL,           -- app or cli
+            source TEXT NOT NULL,           -- app, cli or serve (SOURCES)
             kind TEXT NOT NULL,             -- completion or chat
             prompt_hash TEXT NOT NULL,      -- sha256 of prompt, context and suffix
             prompt TEXT NOT NULL,           -- the code before the cursor, or the chat instruction
-            context TEXT NOT NULL DEFAULT '',  -- chat: the editor selection sent with it
+            context TEXT NOT NULL DEFAULT '',  -- chat: the editor selection sent with it (serve: the earlier
+                                               -- messages, a JSON list of {role, content})
             suffix TEXT NOT NULL DEFAULT '',   -- fill-in-the-middle: the code after the cursor
             output TEXT NOT NULL,
             model TEXT, backend TEXT, seed INTEGER,
@@ -73,6 +72,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+SOURCES = ("app", "cli", "serve")  # who wrote an entry: the Textual app, `gptui PROMPT`, `gptui serve`
 
 
 def db_path() -> Path:
@@ -94,7 +94,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
                                    isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as e:
         raise GptuiError(f"{path}: cannot open the log ({e})") from None
     try:
@@ -171,8 +171,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 class History:
-    """The log as the app and the CLI use it: never raises; the first failure turns it off and
-    leaves one line in `warning` for the caller to show."""
+    """The log as the app, the CLI and `serve` use it: never raises; the first failure turns it
+    off and leaves one line in `warning` for the caller to show. Nothing goes through `logging`:
+    with no handler configured, its last-resort handler would print the line a second time."""
 
     def __init__(self, path: Path | None = None, enabled: bool = True, source: str = "app") -> None:
         self.path = path or db_path()
@@ -191,7 +192,6 @@ class History:
 
     def _off(self, reason: str) -> None:
         self.warning = f"{reason}; logging is off"
-        log.warning(self.warning)
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -236,11 +236,14 @@ class History:
             self.conn = None
 
 
-def recent(path: Path, limit: int = 10, model: str | None = None) -> list[dict]:
-    """The last `limit` entries (0: all), oldest first; GptuiError when the file is unusable."""
+def recent(path: Path, limit: int = 10, model: str | None = None, source: str | None = None) -> list[dict]:
+    """The last `limit` entries (0: all) of a model and source, if given, oldest first; GptuiError
+    when the file is unusable."""
     conn = connect(path, readonly=True)
     try:
-        where, args = ("WHERE model = ?", [model]) if model else ("", [])
+        filters = [(column, value) for column, value in (("model", model), ("source", source)) if value]
+        where = "WHERE " + " AND ".join(f"{column} = ?" for column, _ in filters) if filters else ""
+        args = [value for _, value in filters]
         sql = f"SELECT * FROM entries {where} ORDER BY id DESC" + (" LIMIT ?" if limit else "")
         rows = conn.execute(sql, args + ([limit] if limit else [])).fetchall()
     except sqlite3.DatabaseError as e:
@@ -251,12 +254,13 @@ def recent(path: Path, limit: int = 10, model: str | None = None) -> list[dict]:
 
 
 def training_rows(path: Path) -> list[dict]:
-    """Accepted completions (prompt, output: the part accepted) and kept chat answers
-    (instruction, input, output), in prepare_sft's schema, oldest first."""
+    """Accepted completions (prompt, suffix: the code after the cursor when the model saw it,
+    output: the part accepted) and kept chat answers (instruction, input, output), in
+    prepare_sft's schema, oldest first."""
     conn = connect(path, readonly=True)
     try:
         rows = conn.execute(
-            "SELECT id, kind, prompt, context, output, accepted, outcome FROM entries WHERE "
+            "SELECT id, kind, prompt, context, suffix, output, accepted, outcome FROM entries WHERE "
             "(kind = 'completion' AND outcome IN ('accepted', 'partial')) OR (kind = 'chat' AND outcome = 'kept') "
             "ORDER BY id").fetchall()
     except sqlite3.DatabaseError as e:
@@ -266,10 +270,11 @@ def training_rows(path: Path) -> list[dict]:
     examples = []
     for r in rows:
         if r["kind"] == "chat":
-            examples.append({"instruction": r["prompt"], "input": r["context"], "output": r["output"], "prompt": ""})
+            examples.append({"instruction": r["prompt"], "input": r["context"], "output": r["output"], "prompt": "",
+                             "suffix": ""})
         else:
             examples.append({"instruction": "", "input": "", "output": r["accepted"] or r["output"],
-                             "prompt": r["prompt"]})
+                             "prompt": r["prompt"], "suffix": r["suffix"]})
     return [e for e in examples if e["output"].strip()]
 
 

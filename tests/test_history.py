@@ -110,6 +110,9 @@ def test_logs_command(log_db):
     assert json.loads(last[0]["sampling"])["seed"] == 8 and len(last[0]["prompt_hash"]) == 64
     alpha = json.loads(runner.invoke(main, ["logs", "--json", "--model", "alpha"]).output)
     assert [e["output"] for e in alpha] == ["\n    return a + b"]
+    assert len(json.loads(runner.invoke(main, ["logs", "--json", "--source", "app"]).output)) == 2
+    assert json.loads(runner.invoke(main, ["logs", "--json", "--source", "serve", "--model", "alpha"]).output) == []
+    assert runner.invoke(main, ["logs", "--source", "nobody"]).exit_code == 2
 
 
 def test_the_cli_logs_a_completion_unless_told_not_to(log_db, tiny_model_dir, tmp_path, monkeypatch):
@@ -139,6 +142,22 @@ def test_the_cli_still_completes_with_a_corrupted_log(log_db, tiny_model_dir):
     assert result.stderr.count("logging is off") == 1
 
 
+def test_a_real_cli_process_says_so_in_exactly_one_line(log_db, tiny_model_dir):
+    """Not through CliRunner: pytest's log capture hides logging's last-resort handler, which once
+    printed the warning a second time."""
+    import os
+    import subprocess
+    import sys
+
+    log_db.parent.mkdir(parents=True)
+    log_db.write_bytes(b"garbage" * 1000)
+    result = subprocess.run([sys.executable, "-m", "gptui.tui.cli", "--model", str(tiny_model_dir), "-n", "4",
+                             "-t", "0"], input=b"def f(x):\n", capture_output=True, timeout=120, env=os.environ.copy())
+    assert result.returncode == 0 and result.stdout
+    assert result.stderr.decode() == (f"warning: {log_db}: the log database is unreadable (file is not a database); "
+                                      "logging is off\n")
+
+
 def test_prepare_from_log_makes_examples_of_what_was_kept(log_db, tmp_path):
     from gptui.training.cli import main as train
 
@@ -151,8 +170,8 @@ def test_prepare_from_log_makes_examples_of_what_was_kept(log_db, tmp_path):
     history.close()
     rows = training_rows(log_db)
     assert rows == [
-        {"instruction": "", "input": "", "output": "    return a + b", "prompt": "def add(a, b):\n"},
-        {"instruction": "reverse a list", "input": "xs = [1]", "output": "xs[::-1]", "prompt": ""},
+        {"instruction": "", "input": "", "output": "    return a + b", "prompt": "def add(a, b):\n", "suffix": ""},
+        {"instruction": "reverse a list", "input": "xs = [1]", "output": "xs[::-1]", "prompt": "", "suffix": ""},
     ]
     out = tmp_path / "sft"
     result = CliRunner().invoke(train, ["prepare", "--from-log", str(log_db), "--out", str(out),
@@ -165,6 +184,48 @@ def test_prepare_from_log_makes_examples_of_what_was_kept(log_db, tmp_path):
     # the default database is `gptui logs path`
     again = CliRunner().invoke(train, ["prepare", "--from-log", "--out", str(tmp_path / "sft2"), "--num-proc", "1"])
     assert again.exit_code == 0, again.output
+
+
+def test_a_completion_accepted_mid_file_becomes_a_fill_in_the_middle_example(log_db, tmp_path):
+    import numpy as np
+
+    from gptui.core.tokenizer import encode, fim_ids, get_encoding
+    from gptui.training.cli import main as train
+
+    prefix, middle, suffix = "def add(a, b):\n    return a + ", "b", "\n\n\nprint(add(1, 2))\n"
+    history = History(log_db)
+    history.record("completion", prefix, middle + "\nprint(3)", model="m", backend="b", suffix=suffix,
+                   outcome="partial", accepted=middle)
+    history.record("completion", "import os\n", "import sys", model="m", backend="b", suffix="\n",
+                   outcome="accepted", accepted="import sys")  # only blank lines after it: a plain completion
+    history.close()
+    out = tmp_path / "sft"
+    result = CliRunner().invoke(train, ["prepare", "--from-log", str(log_db), "--out", str(out),
+                                        "--val-fraction", "0", "--num-proc", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["rows"] == {"fill-in-the-middle": 1, "completion": 1}
+    assert manifest["splits"]["train"]["shapes"] == {"instruction": 0, "completion": 1, "fill-in-the-middle": 1}
+    files = manifest["splits"]["train"]["files"]
+    tokens, mask, offsets = (np.load(out / files[k]) for k in ("tokens", "mask", "offsets"))
+    enc = get_encoding("gpt2-code")
+    pre, mid, suf = fim_ids(enc)
+    prompt = [pre, *encode(enc, prefix), suf, *encode(enc, suffix), mid]
+    answer = [*encode(enc, middle), enc.eot_token]  # the middle exactly: no newline added
+    fim_at = next(i for i in range(len(offsets) - 1) if tokens[offsets[i]] == pre)
+    start, end = offsets[fim_at], offsets[fim_at + 1]
+    assert tokens[start:end].tolist() == prompt + answer
+    assert mask[start:end].tolist() == [0] * len(prompt) + [1] * len(answer)  # the loss is on the middle only
+
+
+def test_fill_in_the_middle_rows_need_an_encoding_with_the_sentinels(tmp_path):
+    from gptui.training.cli import main as train
+
+    source = tmp_path / "fim.jsonl"
+    source.write_text(json.dumps({"prompt": "x = ", "suffix": "\nprint(x)\n", "output": "1"}) + "\n")
+    result = CliRunner().invoke(train, ["prepare", "--hf", str(source), "--out", str(tmp_path / "o"),
+                                        "--encoding", "gpt2", "--num-proc", "1"])
+    assert result.exit_code == 1 and "no FIM tokens" in result.output and "Traceback" not in result.output
 
 
 def test_prepare_from_an_empty_log_is_one_line(log_db, tmp_path):
@@ -203,6 +264,25 @@ async def test_accepting_and_dismissing_ghost_text_is_recorded(tmp_path, log_db)
                        and app.editor.ghost.visible, what="a second completion")
         await pilot.press("escape")
         await wait_for(pilot, lambda: outcomes(log_db)[1:] == [("completion", "dismissed")], what="dismissed")
+
+
+@sync
+async def test_a_completion_accepted_mid_file_keeps_the_code_after_the_cursor(tmp_path, log_db):
+    source = "def add(a, b):\n    return a + b\n\n\nprint(add(1, ))\n"
+    (tmp_path / "f.py").write_text(source)
+    catalog = FakeCatalog({"fimmy": ["2\nprint(3)"]}, root=tmp_path / "models", fim=("fimmy",))
+    app = make_app(tmp_path, catalog, path=tmp_path / "f.py", config=FAST, model="fimmy")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.editor.move_cursor((4, 13))  # print(add(1, |))
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.editor.ghost is not None and app.editor.ghost.visible == "2")
+        await pilot.press("tab")
+        await wait_for(pilot, lambda: outcomes(log_db)[:1] == [("completion", "accepted")], what="accepted")
+    entry = recent(log_db, 0)[0]  # (the next pause brought another completion)
+    assert entry["prompt"] == source[: source.index("))")] and entry["suffix"] == "))\n"
+    assert training_rows(log_db)[0] == {"instruction": "", "input": "", "output": "2", "prompt": entry["prompt"],
+                                        "suffix": "))\n"}
 
 
 @sync

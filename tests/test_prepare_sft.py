@@ -199,7 +199,8 @@ def test_completion_rows_in_local_files_are_raw_prompts(tmp_path):
     assert (completion["prompt"], completion["output"]) in got
     assert {format_example(r["instruction"], r["input"], r["output"]) for r in rows} <= set(got)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["shapes"] == {"instruction": len(rows), "completion": 1}
+    assert manifest["splits"]["train"]["shapes"] == {"instruction": len(rows), "completion": 1,
+                                                     "fill-in-the-middle": 0}
     # a completion-only file (no instruction column) loads too
     only = write_jsonl(tmp_path / "only.jsonl", [completion])
     assert run("--hf", only, "--out", tmp_path / "only", "--val-fraction", "0").exit_code == 0

@@ -1,5 +1,6 @@
 """`gptui serve`: every endpoint through httpx's ASGI transport on the tiny model, bad input, the queue,
-disconnects, and one real server process driven by the OpenAI client."""
+disconnects, the history log, and real server processes (the OpenAI client, log switches, a damaged
+database, another process writing the log at the same time)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from gptui.core.checkpoint import save_checkpoint
+from gptui.core.history import History, prompt_hash, recent
 from gptui.core.tokenizer import encode, fim_ids, get_encoding
 from gptui.tui.api_requests import fim_layout
 from gptui.tui.fim import trained_for_fim
@@ -55,8 +58,9 @@ def client_for(engine: Engine, api_key: str | None = None, **headers) -> httpx.A
                              timeout=30)
 
 
-def call(served_model, method: str, path: str, queue: int = 4, api_key=None, headers=None, **kwargs) -> httpx.Response:
-    engine = Engine(served_model, queue_size=queue)
+def call(served_model, method: str, path: str, queue: int = 4, api_key=None, headers=None, history=None,
+         **kwargs) -> httpx.Response:
+    engine = Engine(served_model, queue_size=queue, history=history)
 
     async def go():
         async with client_for(engine, api_key, **(headers or {})) as client:
@@ -191,6 +195,61 @@ def test_infill_is_llama_cpp_shaped(served, served_fim):
     assert long["truncated"] is True and long["tokens_evaluated"] <= 64 - 5
     chunks = sse_events(call(served_fim, "POST", "/infill", json={**body, "stream": True, "seed": 1}))
     assert "".join(c["content"] for c in chunks) == out["content"] and chunks[-1]["stop"] is True
+
+
+# ---- the history log ----------------------------------------------------------------------------
+
+CHAT_TURNS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Reverse a string"},
+              {"role": "assistant", "content": "s[::-1]"}, {"role": "user", "content": "Now a list"}]
+# endpoint, body, what the entry records: (kind, prompt, suffix, context)
+LOGGED = {
+    "completion": ("/v1/completions", {"model": "tiny", "prompt": "def add(a, b):"},
+                   ("completion", "def add(a, b):", "", "")),
+    "fim": ("/v1/completions", {"model": "tiny-fim", "prompt": "def f(x):\n    return ", "suffix": "\n\nprint(f(1))\n"},
+            ("completion", "def f(x):\n    return ", "\n\nprint(f(1))\n", "")),
+    "chat": ("/v1/chat/completions", {"model": "tiny", "messages": CHAT_TURNS},
+             ("chat", "Now a list", "", json.dumps(
+                 [{"role": "user", "content": "Reverse a string"}, {"role": "assistant", "content": "s[::-1]"}]))),
+    "infill": ("/infill", {"input_prefix": "def f(x):\n", "prompt": "    return ", "input_suffix": "\n"},
+               ("completion", "def f(x):\n    return ", "\n", "")),
+}
+
+
+def answer_of(path: str, response: httpx.Response, stream: bool) -> tuple[str, dict, dict]:
+    """(text, usage, timings) of any endpoint's answer, streamed or not."""
+    if stream:
+        chunks = sse_events(response)
+        pieces = {"/v1/completions": lambda c: c["choices"][0]["text"],
+                  "/v1/chat/completions": lambda c: c["choices"][0]["delta"].get("content", ""),
+                  "/infill": lambda c: c["content"]}[path]
+        return "".join(map(pieces, chunks)), chunks[-1]["usage"], chunks[-1]["timings"]
+    out = response.json()
+    text = {"/v1/completions": lambda: out["choices"][0]["text"],
+            "/v1/chat/completions": lambda: out["choices"][0]["message"]["content"],
+            "/infill": lambda: out["content"]}[path]()
+    return text, out["usage"], out["timings"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", LOGGED)
+def test_every_endpoint_logs_its_answer_with_source_serve(served, served_fim, tmp_path, case, stream):
+    path, body, (kind, prompt, suffix, context) = LOGGED[case]
+    model = served_fim if case in ("fim", "infill") else served
+    db = tmp_path / "gptui.db"
+    body = {**body, "max_tokens": 6, "temperature": 0.7, "top_k": 5, "seed": 3, "stream": stream}
+    response = call(model, "POST", path, json=body, history=History(db, source="serve"))
+    assert response.status_code == 200, response.text
+    text, usage, timings = answer_of(path, response, stream)
+    [entry] = recent(db, 0)  # written by the time the engine closed
+    assert (entry["source"], entry["kind"], entry["prompt"], entry["suffix"], entry["context"]) == (
+        "serve", kind, prompt, suffix, context)
+    assert entry["prompt_hash"] == prompt_hash(prompt, context, suffix)
+    assert entry["output"] == text and (entry["model"], entry["backend"]) == (model.name, "torch-fp32")
+    assert entry["seed"] == 3 and json.loads(entry["sampling"])["top_k"] == 5
+    assert (entry["prompt_tokens"], entry["tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert entry["ttft_s"] * 1000 == pytest.approx(timings["time_to_first_token_ms"], abs=0.01)
+    assert entry["tokens_per_s"] == pytest.approx(timings["tokens_per_second"], abs=0.01)
+    assert entry["stop_reason"] in ("length", "eos", "stop") and entry["outcome"] is None
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -332,9 +391,9 @@ async def asgi_request(app, path: str, body: dict, disconnect_after_first_chunk:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_client_disconnect_cancels_its_generation(served, stream):
+def test_a_client_disconnect_cancels_its_generation_and_is_logged_so(served, stream, tmp_path):
     slow = ServedModel(served.name, SlowBackend(served.backend), served.encoding, False, served.created)
-    engine = Engine(slow)
+    engine = Engine(slow, history=History(tmp_path / "gptui.db", source="serve"))
     body = {"model": "tiny", "prompt": "def f():", "max_tokens": 60, "temperature": 1.0, "seed": 0, "stream": stream}
 
     async def go():
@@ -349,6 +408,8 @@ def test_a_client_disconnect_cancels_its_generation(served, stream):
         assert engine.pending == 0
     finally:
         engine.close()
+    [entry] = recent(tmp_path / "gptui.db", 0)
+    assert entry["stop_reason"] == "cancelled" and entry["tokens"] == done.tokens and entry["source"] == "serve"
 
 
 # ---- the real server ----------------------------------------------------------------------------
@@ -359,42 +420,155 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_server_with_the_openai_client(fim_model_dir, tmp_path):
-    openai = pytest.importorskip("openai")
-    port = free_port()
-    env = {**os.environ, "GPTUI_API_KEY": "test-key"}
-    proc = subprocess.Popen([sys.executable, "-m", "gptui.tui.cli", "serve", "--model", str(fim_model_dir),
-                             "--port", str(port), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    try:
+class RealServer:
+    """`gptui serve` in its own process on a free port (the tiny models load in a few seconds)."""
+
+    def __init__(self, model_dir, *args: str, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "gptui.tui.cli", "serve", "--model", str(model_dir),
+                                      "--port", str(self.port), "--log-level", "warning", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env},
+                                     text=True)
+
+    def wait_ready(self, **headers) -> RealServer:
         deadline = time.monotonic() + 45
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", headers={"X-Api-Key": "test-key"}).status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/health", headers=headers).status_code == 200:
+                    return self
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.communicate()[1]
+            assert self.proc.poll() is None, self.proc.communicate()[1]
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test-key", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["tiny-fim"]
-        completion = client.completions.create(model="tiny-fim", prompt="def f(x):\n    return ", suffix="\n",
-                                               max_tokens=5, temperature=0)
-        assert completion.usage.completion_tokens <= 5 and isinstance(completion.choices[0].text, str)
-        stream = client.chat.completions.create(model="tiny-fim", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=6, stream=True, seed=1)
-        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-        whole = client.chat.completions.create(model="tiny-fim", messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=6, seed=1)
-        assert text == whole.choices[0].message.content
-        with pytest.raises(openai.NotFoundError):
-            client.completions.create(model="nope", prompt="a", max_tokens=2)
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+
+    def stop(self) -> str:
+        """SIGTERM, check it exits 0, and return its stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, err
+        return err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def servers():
+    started: list[RealServer] = []
+
+    def start(*args, **kwargs) -> RealServer:
+        started.append(RealServer(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def test_real_server_with_the_openai_client(fim_model_dir, servers):
+    openai = pytest.importorskip("openai")
+    server = servers(fim_model_dir, GPTUI_API_KEY="test-key").wait_ready(**{"X-Api-Key": "test-key"})
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="test-key", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny-fim"]
+    completion = client.completions.create(model="tiny-fim", prompt="def f(x):\n    return ", suffix="\n",
+                                           max_tokens=5, temperature=0)
+    assert completion.usage.completion_tokens <= 5 and isinstance(completion.choices[0].text, str)
+    stream = client.chat.completions.create(model="tiny-fim", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=6, stream=True, seed=1)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    whole = client.chat.completions.create(model="tiny-fim", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=6, seed=1)
+    assert text == whole.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="a", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+    server.stop()
+
+
+def complete_once(server: RealServer) -> None:
+    response = httpx.post(f"{server.url}/v1/completions", timeout=30,
+                          json={"model": "tiny", "prompt": "def f(x):", "max_tokens": 3})
+    assert response.status_code == 200, response.text
+
+
+def test_no_log_and_the_setting_keep_serve_from_logging(tiny_model_dir, tmp_path, servers):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.toml").write_text("[log]\nenabled = false\n")
+    dbs = {name: tmp_path / name / "gptui.db" for name in ("on", "flag", "setting")}
+    started = [servers(tiny_model_dir, GPTUI_DB=str(dbs["on"])),  # started together: they load at once
+               servers(tiny_model_dir, "--no-log", GPTUI_DB=str(dbs["flag"])),
+               servers(tiny_model_dir, GPTUI_DB=str(dbs["setting"]), GPTUI_CONFIG_DIR=str(config))]
+    for server in started:
+        complete_once(server.wait_ready())
+        assert "warning" not in server.stop()
+    assert [e["source"] for e in recent(dbs["on"], 0)] == ["serve"]  # the control: logging on does log
+    assert not dbs["flag"].exists() and not dbs["setting"].exists()
+
+
+def test_a_damaged_database_is_one_warning_and_serve_still_answers(tiny_model_dir, tmp_path, servers):
+    db = tmp_path / "gptui.db"
+    db.write_bytes(b"garbage" * 1000)
+    server = servers(tiny_model_dir, GPTUI_DB=str(db)).wait_ready()
+    for _ in range(2):
+        complete_once(server)
+    lines = server.stop().splitlines()
+    assert len(lines) == 2 and any(line.startswith("gptui serve: tiny on torch-fp32") for line in lines)
+    assert [line for line in lines if line.startswith("warning")] == [
+        f"warning: {db}: the log database is unreadable (file is not a database); logging is off"]
+    assert db.read_bytes() == b"garbage" * 1000  # left alone
+
+
+WRITER = """import sys, time
+from pathlib import Path
+from gptui.core.history import History
+history, stop, written = History(source="app"), Path(sys.argv[1]), 0
+print("ready", flush=True)
+while not stop.exists():
+    history.record("completion", f"def f{written}():", "    pass", model="m", backend="b")
+    written += 1
+    time.sleep(0.002)
+print(written, history.warning, flush=True)
+"""
+
+
+def test_serve_and_another_process_log_at_the_same_time(fim_model_dir, tmp_path, servers, monkeypatch):
+    from click.testing import CliRunner
+
+    from gptui.tui.cli import main
+
+    db, stop = tmp_path / "gptui.db", tmp_path / "stop"
+    monkeypatch.setenv("GPTUI_DB", str(db))
+    server = servers(fim_model_dir)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        server.wait_ready()
+        requests = [("/v1/completions", {"model": "tiny-fim", "prompt": "import os\n"}),
+                    ("/v1/completions", {"model": "tiny-fim", "prompt": "x = ", "stream": True}),
+                    ("/v1/chat/completions", {"model": "tiny-fim", "messages": [{"role": "user", "content": "hi"}]}),
+                    ("/infill", {"input_prefix": "def f(x):\n", "input_suffix": "\n"})] * 5
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for path, body in requests:
+                assert client.post(path, json={**body, "max_tokens": 4}).status_code == 200
+        stop.touch()
+        written, warning = writer.communicate(timeout=30)[0].split()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop.touch()
+        writer.wait(timeout=30)
+    assert warning == "None" and "warning" not in server.stop()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert dict(conn.execute("SELECT source, COUNT(*) FROM entries GROUP BY source").fetchall()) == {
+        "serve": len(requests), "app": int(written)}
+    first, last = conn.execute("SELECT MIN(id), MAX(id) FROM entries WHERE source = 'serve'").fetchone()
+    between = conn.execute("SELECT COUNT(*) FROM entries WHERE source = 'app' AND id BETWEEN ? AND ?",
+                           (first, last)).fetchone()[0]
+    assert between > 0  # interleaved, not one writer after the other
+    listed = json.loads(CliRunner().invoke(main, ["logs", "--source", "serve", "-n", "0", "--json"]).output)
+    assert len(listed) == len(requests) and {e["source"] for e in listed} == {"serve"}

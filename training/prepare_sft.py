@@ -1,9 +1,13 @@
-"""`prepare --hf` and `prepare --mine`: instruction data in python-codes-25k's schema, tokenised for SFT.
+"""`prepare --hf`, `--mine` and `--from-log`: instruction data in python-codes-25k's schema, tokenised for SFT.
 
-Two example shapes share the schema. An instruction row (instruction, input, output) is put in
+Three example shapes share the schema. An instruction row (instruction, input, output) is put in
 core.prompt's template; a completion row has a non-empty `prompt` column (raw code, usually a
-signature and docstring) and its `output` is what follows it (the body). Rows without a
-`prompt` column, or with it empty, are instruction rows, so python-codes-25k loads unchanged.
+signature and docstring) and its `output` is what follows it (the body); a fill-in-the-middle
+row also has a non-blank `suffix` (the code after the cursor), and its `output` is the middle,
+laid out as pretraining's FIM documents and the app's prompts are:
+<|fim_prefix|> prompt <|fim_suffix|> suffix <|fim_middle|> output <|endoftext|>. Rows without
+`prompt`/`suffix` columns, or with them empty, are instruction rows, so python-codes-25k loads
+unchanged.
 
 Each example becomes prompt tokens followed by response tokens and <|endoftext|>. Per split the
 folder holds one token array, a parallel loss mask (1 where the token is part of the response
@@ -25,7 +29,7 @@ import pyarrow.compute as pc
 from ..core import __version__
 from ..core.errors import GptuiError
 from ..core.prompt import format_example
-from ..core.tokenizer import encode, get_encoding
+from ..core.tokenizer import encode, fim_ids, fim_prompt, get_encoding
 from .exercises import exercise_pair, files_of, find_exercises
 from .mine import COLUMNS, MAX_RESPONSE_TOKENS, add_row, mine_files
 from ..core.atomic import staged_folder
@@ -33,11 +37,20 @@ from .shards import SFT, TOKEN_DTYPE, check_output, read_manifest, save_array, w
 from .sources import find_python_files
 
 
+FIM = "fill-in-the-middle"
 REQUIRED_COLUMNS = ("output",)
 PROMPT_COLUMNS = ("instruction", "prompt")  # at least one: instruction rows, completion rows, or both
-SCHEMA = "instruction, input, output (text optional; or prompt, output for completion rows)"
+SCHEMA = "instruction, input, output (text optional; or prompt, output, optional suffix for completion rows)"
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
+SHAPES = ("instruction", "completion", FIM)
+
+
+def example_shape(prompt: str, suffix: str) -> str:
+    """Which of SHAPES a row is: the app asks for fill-in-the-middle only with code after the cursor."""
+    if prompt.strip():
+        return FIM if suffix.strip() else "completion"
+    return "instruction"
 
 
 def _hash(*parts) -> str:
@@ -78,25 +91,26 @@ def load_instructions(source: str, cache: Path):
 
 
 def _tokenise_examples(batch: dict, encoding: str) -> dict:
-    """datasets.map worker: (instruction, input, output, prompt) -> prompt ids, response ids + <|endoftext|>."""
+    """datasets.map worker: (instruction, input, output, prompt, suffix) -> prompt ids, response ids + <|endoftext|>."""
     enc = get_encoding(encoding)
     n = len(batch["output"])
-    instructions = batch.get("instruction") or [""] * n
-    inputs = batch.get("input") or [""] * n
-    prompts = batch.get("prompt") or [""] * n
-    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "key": [], "is_completion": []}
-    for instruction, input_, output, prompt in zip(instructions, inputs, batch["output"], prompts):
-        instruction, input_, output, prompt = instruction or "", input_ or "", output or "", prompt or ""
-        completion = bool(prompt.strip())
-        if not (completion or instruction.strip()) or not output.strip():
+    columns = [batch.get(name) or [""] * n for name in ("instruction", "input", "prompt", "suffix")]
+    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "key": [], "shape": []}
+    for instruction, input_, prompt, suffix, output in zip(*columns, batch["output"]):
+        instruction, input_, prompt, suffix, output = (t or "" for t in (instruction, input_, prompt, suffix, output))
+        shape = example_shape(prompt, suffix)
+        if shape == "instruction" and not instruction.strip() or not output.strip():
             prompt_ids, response_ids = [], []  # marked empty; counted and dropped by the caller
+        elif shape == FIM:  # the middle exactly as it went between prefix and suffix: no added newline
+            prompt_ids, response_ids = fim_prompt(enc, prompt, suffix), encode(enc, output) + [enc.eot_token]
         else:
             prompt_text, response = format_example(instruction, input_, output, prompt)
             prompt_ids, response_ids = encode(enc, prompt_text), encode(enc, response) + [enc.eot_token]
         out["prompt_ids"].append(np.asarray(prompt_ids, dtype=TOKEN_DTYPE))
         out["response_ids"].append(np.asarray(response_ids, dtype=TOKEN_DTYPE))
-        out["is_completion"].append(completion)
-        parts = (prompt, output) if completion else (instruction, input_, output)
+        out["shape"].append(shape)
+        parts = {"instruction": (instruction, input_, output), "completion": (prompt, output)}.get(
+            shape, (prompt, suffix, output))
         out["key"].append(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32])
     return out
 
@@ -139,11 +153,10 @@ def _write_split(folder: Path, name: str, table: pa.Table, rows: np.ndarray) -> 
     save_array(folder / files["tokens"], tokens)
     save_array(folder / files["mask"], mask)
     save_array(folder / files["offsets"], offsets)
-    completion = table.column("is_completion").take(pa.array(rows, type=pa.int64())).combine_chunks()
-    completion = completion.to_numpy(zero_copy_only=False).astype(bool)
+    shapes = Counter(table.column("shape").take(pa.array(rows, type=pa.int64())).to_pylist())
     return {
         "examples": len(lengths),
-        "shapes": {"instruction": int((~completion).sum()), "completion": int(completion.sum())},
+        "shapes": {shape: shapes[shape] for shape in SHAPES},
         "tokens": int(offsets[-1]),
         "response_tokens": int(mask.sum()),
         "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
@@ -160,6 +173,9 @@ def prepare_sft(ds, source: dict, out: Path, encoding: str, val_fraction: float,
     out_key = _hash(key, val_fraction, seed)
     if check_output(out, out_key, force):
         return read_manifest(out, SFT), True
+    if fim_ids(enc) is None and "suffix" in ds.column_names and any(s and s.strip() for s in ds["suffix"]):
+        raise GptuiError(f"{source.get('name') or source.get('db') or 'the data'} has fill-in-the-middle rows "
+                         f"(a suffix column), and the {encoding} encoding has no FIM tokens: use gpt2-code")
     num_proc = max(1, min(num_proc, len(ds) // 2000))
     tokenised = ds.map(
         _tokenise_examples,

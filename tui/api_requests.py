@@ -7,6 +7,7 @@ server turns into OpenAI's error JSON. Unknown fields are ignored, as OpenAI's S
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -146,6 +147,11 @@ class Prompt:
     fim: bool = False  # laid out prefix-suffix-middle
     truncated: bool = False  # FIM context cut to fit the window
     warning: str | None = None  # e.g. a suffix given to a model not trained for FIM (and ignored)
+    # What the log records (core.history): the kind of answer and the text asked, as the app logs it.
+    kind: str = "completion"  # or "chat"
+    text: str = ""  # the code before the cursor, or the last user message
+    suffix: str = ""  # the code after the cursor, when the model saw it (FIM)
+    context: str = ""  # chat: the earlier messages, as JSON
 
 
 def check_fits(ids: list[int], block_size: int, param: str) -> None:
@@ -179,9 +185,9 @@ def fill_in_middle(encoding: tiktoken.Encoding, prefix: str, suffix: str, model:
         ids = encode(encoding, prefix)
         check_fits(ids, block_size, "prompt")
         return Prompt(ids, warning=f"model {model} was not trained for fill-in-the-middle; the suffix was "
-                                   "ignored and the text completes the prefix only")
+                                   "ignored and the text completes the prefix only", text=prefix)
     ids, truncated = fim_layout(encoding, prefix, suffix, block_size - max_tokens)
-    return Prompt(ids, fim=True, truncated=truncated)
+    return Prompt(ids, fim=True, truncated=truncated, text=prefix, suffix=suffix)
 
 
 def completion_prompt(body: dict, encoding: tiktoken.Encoding, model: str, supports_fim: bool, block_size: int,
@@ -208,7 +214,7 @@ def completion_prompt(body: dict, encoding: tiktoken.Encoding, model: str, suppo
         raise _bad("prompt", f"prompt must be a string or a list of token ids, got {type(prompt).__name__}",
                    "invalid_type")
     check_fits(ids, block_size, "prompt")
-    return Prompt(ids)
+    return Prompt(ids, text=prompt if isinstance(prompt, str) else encoding.decode(ids))
 
 
 def _content(message: dict, index: int) -> str:
@@ -261,4 +267,5 @@ def chat_prompt(body: dict, encoding: tiktoken.Encoding, block_size: int, max_to
             question = ""
     prompt = build_prompt(encoding, history, turns[-1][1], "", block_size, max_tokens)
     check_fits(prompt.ids, block_size, "messages")
-    return Prompt(prompt.ids)
+    earlier = json.dumps([{"role": role, "content": text} for role, text in turns[:-1]], ensure_ascii=False)
+    return Prompt(prompt.ids, kind="chat", text=turns[-1][1], context=earlier if len(turns) > 1 else "")

@@ -10,6 +10,7 @@ from click.shell_completion import CompletionItem
 
 from ..core import __version__
 from ..core.errors import GptuiError, fail_cleanly
+from ..core.history import SOURCES
 from ..core.sampling import SamplingParams
 from .options import backend_option, model_option
 
@@ -148,9 +149,10 @@ def tokenize(files, encoding, count):
 @click.option("-n", "--count", type=click.IntRange(0), default=10, show_default=True, help="Entries to show; 0 for all.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of entries with every field.")
 @click.option("-m", "--model", help="Only this model's entries.")
+@click.option("--source", type=click.Choice(SOURCES), help="Only the entries of the app, `gptui PROMPT` or `serve`.")
 @click.pass_context
 @fail_cleanly
-def logs(ctx, count, as_json, model):
+def logs(ctx, count, as_json, model, source):
     """The last completions and chat answers, oldest first (`gptui logs path`: where they are)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -163,7 +165,7 @@ def logs(ctx, count, as_json, model):
         click.echo(f"no log yet ({path})", err=True)
         entries = []
     else:
-        entries = recent(path, count, model)
+        entries = recent(path, count, model, source)
     if as_json:
         click.echo(json.dumps(entries, indent=2, ensure_ascii=False))
         return

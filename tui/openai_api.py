@@ -4,7 +4,8 @@ llama.cpp's /infill, as a Starlette (ASGI) app over one model on one backend.
 A backend holds one KV cache, so generations run one at a time on a single worker thread; the
 requests waiting for it form a bounded queue (429 when full). Tokens cross from that thread to
 the event loop through an asyncio queue; a client that disconnects sets its cancel flag, which the
-sampling loop reads before every token.
+sampling loop reads before every token. That thread also logs each answer (core.history, source
+`serve`) once its end is handed to the event loop, so no request waits on SQLite.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from starlette.routing import Route
 
 from ..core.backends.base import Backend
 from ..core.generate import DoneEvent, TokenEvent, generate
+from ..core.history import History
 from ..core.registry import open_for_generation
 from ..core.sampling import SamplingParams
 from .api_requests import (
@@ -77,14 +79,20 @@ class ServedModel:
 
 
 class Engine:
-    """One generation at a time on one backend, with at most `queue_size` requests waiting."""
+    """One generation at a time on one backend, with at most `queue_size` requests waiting.
 
-    def __init__(self, model: ServedModel, queue_size: int = DEFAULT_QUEUE):
+    With a `history`, every generation that ends (cancelled ones too) is logged; a write that
+    fails turns logging off and hands its one line to `warn`. The engine closes the history.
+    """
+
+    def __init__(self, model: ServedModel, queue_size: int = DEFAULT_QUEUE, history: History | None = None,
+                 warn: Callable[[str], None] = log.warning):
         self.model = model
         self.limit = 1 + max(0, queue_size)
         self.pending = 0  # admitted and not finished (running or queued); touched on the event loop only
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptui-generate")
         self.last_done: DoneEvent | None = None  # the most recent generation's end (tests, logs)
+        self.history, self.warn = history, warn
         self.closed = False
 
     def admit(self) -> None:
@@ -98,7 +106,7 @@ class Engine:
     def _release(self) -> None:
         self.pending -= 1
 
-    def submit(self, ids: list[int], params: SamplingParams, cancel: threading.Event,
+    def submit(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event,
                alternatives: int = 0) -> AsyncIterator[TokenEvent | DoneEvent | float]:
         """Admit a generation (or raise 429) and queue it now; iterate the result for its events.
 
@@ -124,15 +132,18 @@ class Engine:
 
         def work() -> None:
             nonlocal released
+            pieces = []
             try:
                 put(time.perf_counter())
-                for event in generate(self.model.backend, self.model.encoding, ids, params,
+                for event in generate(self.model.backend, self.model.encoding, prompt.ids, params,
                                       should_cancel=cancel.is_set, alternatives=alternatives):
                     if isinstance(event, DoneEvent):  # the last event: the backend is done with
                         self.last_done, released = event, True
                         with contextlib.suppress(RuntimeError):
                             loop.call_soon_threadsafe(release_then_put, event)
+                        self._record(prompt, params, pieces, event)  # the answer's end is on its way
                     else:
+                        pieces.append(event.text)
                         put(event)
             except Exception as e:  # a bug, not bad input: the request gets a 500, the server goes on
                 log.exception("generation failed")
@@ -148,6 +159,16 @@ class Engine:
             self._release()
             raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
         return self._events(events, cancel)
+
+    def _record(self, prompt: Prompt, params: SamplingParams, pieces: list[str], done: DoneEvent) -> None:
+        if self.history is None or not self.history.enabled:
+            return
+        text = "".join(pieces)
+        text = text[: len(text) - done.retract] + done.text
+        self.history.record(prompt.kind, prompt.text, text, model=self.model.name, backend=self.model.backend.name,
+                            params=params, done=done, context=prompt.context, suffix=prompt.suffix)
+        if not self.history.enabled:  # this write failed: logging is off from now on
+            self.warn(self.history.warning)
 
     @staticmethod
     async def _events(events: asyncio.Queue, cancel: threading.Event):
@@ -165,6 +186,8 @@ class Engine:
     def close(self) -> None:
         self.closed = True
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.history is not None:
+            self.history.close()
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -237,7 +260,7 @@ class Api:
     async def collect(self, request: Request, prompt: Prompt, params: SamplingParams, alternatives: int) -> Outcome:
         cancel = threading.Event()
         admitted = time.perf_counter()
-        events = self.engine.submit(prompt.ids, params, cancel, alternatives)
+        events = self.engine.submit(prompt, params, cancel, alternatives)
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel))
         parts, tokens, started = [], [], admitted
         try:
@@ -261,7 +284,7 @@ class Api:
         """Server-sent events: chunk(event) per token with text, final(done, queued) at the end, then [DONE]."""
         cancel = threading.Event()
         admitted = time.perf_counter()
-        events = self.engine.submit(prompt.ids, params, cancel, alternatives)  # 429 here, before any byte
+        events = self.engine.submit(prompt, params, cancel, alternatives)  # 429 here, before any byte
 
         async def body():
             watcher = asyncio.ensure_future(_watch_disconnect(request, cancel))

@@ -1,6 +1,7 @@
 """`gptui serve`: the OpenAI-compatible HTTP API (tui/openai_api.py) under uvicorn.
 
-Ctrl-C or SIGTERM stops accepting connections, lets the running requests finish (up to
+Every answer goes to the history log with source `serve` (unless --no-log or `[log] enabled =
+false`). Ctrl-C or SIGTERM stops accepting connections, lets the running requests finish (up to
 --drain seconds), and exits 0.
 """
 
@@ -25,16 +26,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def warn(line: str) -> None:
+    """A log problem, as the CLI shows it: one line on stderr."""
+    click.echo(f"warning: {line}", err=True)
+
+
 def run_server(model: str | None, backend: str, host: str, port: int, api_key: str | None, queue: int,
-               drain: float, log_level: str = "info") -> None:
+               drain: float, log_level: str = "info", log: bool = True) -> None:
     try:
         import uvicorn
     except ImportError as e:
         raise GptuiError(f"gptui serve needs uvicorn and starlette ({e}); pip install gptui again") from None
+    from ..core.history import History
     from .openai_api import Engine, ServedModel, create_api
+    from .settings import load_settings
 
     served = ServedModel.load(model, backend)
-    engine = Engine(served, queue_size=queue)
+    history = History(enabled=log and load_settings()[0].log_enabled, source="serve")
+    if history.warning:
+        warn(history.warning)
+    engine = Engine(served, queue_size=queue, history=history, warn=warn)
     app = create_api(engine, api_key=api_key)
 
     class Server(uvicorn.Server):
@@ -72,8 +83,10 @@ def run_server(model: str | None, backend: str, host: str, port: int, api_key: s
               help="Seconds Ctrl-C/SIGTERM waits for running requests before closing them.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
+@click.option("--no-log", is_flag=True, envvar="GPTUI_NO_LOG",
+              help="Keep no record of the answers (see `gptui logs`; or [log] enabled = false in the settings).")
 @fail_cleanly
-def serve(model, backend, host, port, api_key, queue, drain, log_level):
+def serve(model, backend, host, port, api_key, queue, drain, log_level, no_log):
     """Serve the model over an OpenAI-compatible HTTP API (and llama.cpp's /infill).
 
     \b
@@ -81,4 +94,4 @@ def serve(model, backend, host, port, api_key, queue, drain, log_level):
     gptui serve -m gptui-code --port 9000
     """
     logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(levelname)s: %(message)s")
-    run_server(model, backend, host, port, api_key, queue, drain, log_level)
+    run_server(model, backend, host, port, api_key, queue, drain, log_level, log=not no_log)
