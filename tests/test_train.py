@@ -202,8 +202,9 @@ def test_every_micro_step_trains_on_its_own_rows_despite_reading_ahead(data, tmp
     assert len({tuple(x.flatten().tolist()) for x in fed}) == 9
 
 
-def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data, tmp_path):
-    steps = dict(steps=80, eval_every=40, save_every=80)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data, tmp_path, optimizer):
+    steps = dict(steps=80, eval_every=40, save_every=80, optimizer=optimizer)
     assert run_training(config(data, tmp_path / "straight", **steps)) == 0
 
     def stop_at_40(trainer):
@@ -411,3 +412,32 @@ def test_pretrain_mix_data_upweights_a_second_corpus_with_fim(data, tmp_path, tm
     assert result.exit_code == 0, result.output
     training = Checkpoint.open(out / "latest").provenance["training"]
     assert training["mix_rate"] == 0.25 and training["mix_data"]["type"] == "python_files"
+
+
+def test_muon_takes_the_block_matrices_and_adamw_everything_else(data, tmp_path):
+    from gptui.core.config import preset
+    from gptui.core.model import GPT
+    from gptui.training.optim import MuonAdamW, build_optimizer
+
+    model = GPT(preset("tiny", vocab_size=50284))
+    optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"), "muon")
+    assert isinstance(optimizer, MuonAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = [names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]]
+    adamw = [names[id(p)] for g in optimizer.adamw.param_groups for p in g["params"]]
+    assert sorted(muon + adamw) == sorted(names.values())  # every parameter once (the head is tied to wte)
+    assert muon and all(n.startswith("transformer.h.") and n.endswith(".weight") and "ln_" not in n for n in muon)
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.bias"} <= set(adamw)
+    assert len(optimizer.param_groups) == 3  # the schedule sets the lr of all three
+
+
+def test_muon_trains_and_a_resume_with_another_optimizer_is_one_line(data, tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(*train_args(data, out, steps=20, preset="tiny", lr="1e-2", optimizer="muon"))
+    assert result.exit_code == 0, result.output
+    val = [r["val_loss"] for r in metrics(out) if "val_loss" in r]
+    assert val[-1] < val[0] < math.log(50304) - 2
+    from gptui.core.checkpoint import Checkpoint
+    assert Checkpoint.open(out / "latest").provenance["training"]["optimizer"] == "muon"
+    bad = pretrain("--out", out, "--resume", "--steps", "24", "--optimizer", "adamw")
+    assert bad.exit_code == 1 and one_error(bad.output) and "--optimizer" in bad.output

@@ -136,6 +136,9 @@ def _training_options(sft: bool):
         click.option("--decay-frac", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
                      help="wsd: share of the steps spent decaying."),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True),
+        click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw", show_default=True,
+                     help="muon: Muon for the transformer blocks' matrices (updates scaled to AdamW's size, so "
+                          "--lr and --weight-decay mean the same), AdamW for embeddings, biases and norms."),
         click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0 disables."),
         click.option("--eval-every", type=click.IntRange(1), default=d["eval_every"], show_default=True),
         click.option("--eval-tokens", type=click.IntRange(1), default=1 << 20, show_default=True),

@@ -1,5 +1,5 @@
-"""The optimizer and its schedule: AdamW with decay on matrices only; linear warmup, then cosine
-or warmup-stable-decay."""
+"""The optimizer and its schedule: AdamW with decay on matrices only (or Muon for the blocks'
+matrices, AdamW for the rest); linear warmup, then cosine or warmup-stable-decay."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 
 SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def get_lr(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, schedule: str = "cosine",
@@ -32,14 +33,59 @@ def get_lr(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, sch
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
+                    kind: str = "adamw"):
     """Weight decay on 2-D+ tensors (matmul weights, embeddings); none on biases and norms.
 
     Fused AdamW on CUDA updates every parameter in one kernel launch instead of several per tensor.
+    kind "muon": the transformer blocks' matrices go to Muon instead (MuonAdamW).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {kind!r}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for n, p in named if kind == "muon" and p.dim() == 2 and ".h." in f".{n}"]
+    taken = {id(p) for p in matrices}
+    rest = [p for _, p in named if id(p) not in taken]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    return MuonAdamW(matrices, adamw, lr, weight_decay) if matrices else adamw
+
+
+class MuonAdamW:
+    """Muon (momentum orthogonalised by Newton-Schulz) for the blocks' 2-D weights, AdamW for the
+    embeddings, biases and norms, seen by the trainer as one optimizer: its schedule sets every
+    group's lr, and one state dict holds both. Muon's updates are scaled to AdamW's RMS
+    ("match_rms_adamw", as Moonlight did), so one --lr and --weight-decay serve both halves.
+    """
+
+    def __init__(self, matrices: list[torch.Tensor], adamw: torch.optim.AdamW, lr: float, weight_decay: float):
+        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self):
+        return {**self.muon.state, **self.adamw.state}
+
+    def step(self, closure=None) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise ValueError("this optimizer state is not Muon + AdamW (was the run started with another --optimizer?)")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])

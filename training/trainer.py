@@ -62,6 +62,7 @@ class TrainConfig:
     mix_data: str | None = None  # a prepared code folder whose windows are mixed into the batches
     mix_rate: float = 0.25  # with mix_data: share of rows that are its windows
     weight_decay: float = 0.1  # on matrices and embeddings only
+    optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' matrices, AdamW for the rest
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 250  # steps between validation passes
     eval_tokens: int = 1 << 20  # validation tokens per pass
@@ -234,10 +235,14 @@ class Trainer:
             self.module = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[d.local_rank] if d.device.type == "cuda" else None, gradient_as_bucket_view=True,
             )
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, d.device)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, d.device, cfg.optimizer)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
         if self.state:
-            self.optimizer.load_state_dict(self.state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(self.state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise GptuiError(f"{self.out / LATEST}: its optimizer state does not fit --optimizer {cfg.optimizer} "
+                                 f"({e}); resume with the optimizer the run started with") from None
             if self.state.get("scaler"):
                 self.scaler.load_state_dict(self.state["scaler"])
         self.bad = torch.zeros((), dtype=torch.bool, device=d.device)  # any non-finite loss since the last check
@@ -342,7 +347,8 @@ class Trainer:
             "training": {
                 "task": cfg.task, "data": self.manifest["source"], "data_fingerprint": self.manifest["fingerprint"],
                 "steps": self.step, "tokens": self.tokens_seen, "batch_tokens": cfg.batch_tokens,
-                "lr": cfg.lr, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay, "fim_rate": cfg.fim_rate,
+                "lr": cfg.lr, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay, "optimizer": cfg.optimizer,
+                "fim_rate": cfg.fim_rate,
                 "mix_data": self.mix_source,
                 "mix_rate": cfg.mix_rate if cfg.mix_data else 0.0,
                 "seed": cfg.seed, "gptui_version": __version__,
