@@ -193,6 +193,22 @@ def test_cuda_backend_run_on_a_cpu_swaps_modules_and_keeps_the_backend_contract(
     assert (stepwise_logits(again, ids, prefill=5) - expected[4:-1]).abs().max().item() < 1e-4
 
 
+def test_the_captured_step_has_no_host_read_of_the_position(exported_dir):
+    """What the cuda backend captures, model(token, position tensor), traces as one graph that serves
+    every position: a host read of the position (a sync) or a Python branch on it would break the
+    fullgraph trace or recompile. A CPU stand-in for CUDA graph capture, which no test here can run."""
+    import torch._dynamo
+
+    backend = cpu_static_decoder(exported_dir)
+    backend.prefill(random_ids(10, seed=24))
+    torch._dynamo.reset()
+    step = torch.compile(backend.model, backend="eager", fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+        for position in (10, 11, 40):
+            token, pos = torch.tensor([[5]]), torch.tensor([position])
+            assert torch.equal(step(token, pos), backend.model(token, pos))
+
+
 def test_int8_backends_hold_under_a_third_of_the_fp32_bytes(exported_dir):
     fp32 = {name: load_backend(name, exported_dir).nbytes for name in FP32}
     for name, base in zip(INT8, FP32):
