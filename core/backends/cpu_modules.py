@@ -16,9 +16,13 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _one_token_step(x: torch.Tensor, pos: Positions, attn: CausalSelfAttention) -> bool:
-    """Whether this is what the C kernels compute: batch 1, one new token at an int position, a cache."""
-    return x.shape[:2] == (1, 1) and isinstance(pos, int) and attn.kv_cache is not None
+def _c_step_cache(x: torch.Tensor, pos: Positions, attn: CausalSelfAttention) -> torch.Tensor | None:
+    """The cache buffer when this is what the C kernels compute (batch 1, one new token at an int
+    position, a cache), else None. A few attribute reads per layer and token: it runs on every step."""
+    cache = attn.kv_cache
+    if cache is None or not isinstance(pos, int) or x.shape[:2] != (1, 1):
+        return None
+    return cache.kv
 
 
 class CpuLinear(nn.Module):
@@ -59,9 +63,10 @@ class CpuAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: Positions = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         attn = self.attn
-        if _one_token_step(x, pos, attn):
-            return attn.c_proj(cpu_kernels.attend(attn.c_attn(x), attn.kv_cache.kv, pos))
-        return attn(x, pos, mask)
+        kv = _c_step_cache(x, pos, attn)
+        if kv is None:
+            return attn(x, pos, mask)
+        return attn.c_proj(cpu_kernels.attend(attn.c_attn(x), kv, pos))
 
 
 class CpuBlock(nn.Module):
@@ -78,9 +83,11 @@ class CpuBlock(nn.Module):
         self.step = cpu_kernels.DecodeBlock(block.ln_1, attn.c_attn, attn.c_proj, block.ln_2, mlp.c_fc, mlp.c_proj)
 
     def forward(self, x: torch.Tensor, pos: Positions = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if _one_token_step(x, pos, self.block.attn):
-            return self.step(x, self.block.attn.kv_cache.kv, pos)
-        return self.block(x, pos, mask)
+        block = self.block
+        kv = _c_step_cache(x, pos, block.attn)
+        if kv is None:
+            return block(x, pos, mask)
+        return self.step(x, kv, pos)
 
 
 def to_cpu_linears(model: GPT) -> GPT:
