@@ -80,11 +80,15 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, _ = qkv.shape
         C, nh = self.n_embd, self.n_head
-        q = qkv[..., :C].view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
-        kv = qkv[..., C:].view(B, T, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # (2, B, nh, T, hs)
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
         if self.kv_cache is None or pos is None:
-            k, v, causal = kv[0], kv[1], True
+            # training's ops exactly as they always were: a compiled step's gradients stay bit-identical
+            k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            v = v.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            causal = True
         else:
+            kv = qkv[..., C:].view(B, T, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # (2, B, nh, T, hs): one copy
             k, v = self.kv_cache.update(pos, kv)  # (B, nh, pos+T or L, hs)
             causal = mask is None and T > 1  # a prefill from 0; one new query may see every cached key
         y = F.scaled_dot_product_attention(
