@@ -2,8 +2,14 @@
 
 Parameter names follow Hugging Face's GPT2LMHeadModel (transformer.h.0.attn.c_attn, ...), so
 weights map 1:1 (HF stores the Conv1D weights transposed; the converters transpose them).
-This file imports torch only (Triton, for training on a GPU, through bias_gelu; our optional C
-kernels, for the CPU decode step, through cpu_kernels): no tokenizer, no files, no printing.
+This file imports torch only: no tokenizer, no files, no printing, no kernels. Backends and
+training specialise it by swapping modules (core/backends/cpu_modules.py, fused_modules.py,
+training/bias_gelu_mlp.py), never by setting hooks on it.
+
+One forward serves training, prefill and decoding. Its `pos` is either an int (where idx starts;
+the cache is read up to the last new token) or a LongTensor of positions (gpt-fast style: the
+cache is read whole under a mask, so shapes and addresses never change and nothing reads the
+position on the host: what a CUDA graph captures).
 """
 
 from __future__ import annotations
@@ -14,16 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import cpu_kernels
-from .kernels.fused_linear import available
-from .kernels.bias_gelu import bias_gelu
 from .config import GPTConfig
+
+Positions = int | torch.Tensor | None  # a start, the positions themselves (T,), or no cache
 
 
 class KVCache(nn.Module):
     """Preallocated keys and values for one attention layer, in one buffer (2, B, nh, L, hs).
 
-    Keeping both in one tensor lets a decode step write its new key and value with one copy.
+    Keeping both in one tensor lets a step write its new keys and values with one copy.
     """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, device=None, dtype=None):
@@ -39,11 +44,17 @@ class KVCache(nn.Module):
     def v(self) -> torch.Tensor:
         return self.kv[1]
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return everything up to there."""
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
+    def update(self, pos: int | torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write kv (2, B, nh, T, hs) at pos; return the keys and values attention reads.
+
+        int pos: rows pos..pos+T-1, then every row up to there. Tensor pos (T,): index_copy_ at
+        those rows, then all L rows (the mask hides the ones not written yet).
+        """
+        if isinstance(pos, torch.Tensor):
+            self.kv.index_copy_(3, pos, kv)
+            return self.k, self.v
+        end = pos + kv.size(3)
+        self.kv[:, :, :, pos:end] = kv
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
@@ -56,32 +67,34 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
-        self.cpu_decode = False  # set by the torch-int8 backend where core/kernels/cpu_kernels.c is built
+        self.kv_cache: KVCache | None = None  # set by GPT.setup_cache
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        if self.cpu_decode and B == T == 1 and pos is not None and self.kv_cache is not None:
-            return self.c_proj(cpu_kernels.attend(self.c_attn(x), self.kv_cache.kv, pos))
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        mask, causal = None, True
-        if self.kv_cache is not None and pos is not None:
-            k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
-            if T == 1:
-                causal = False  # one new query may see every cached key
-            elif pos > 0:
-                # queries sit at pos..pos+T-1; each sees keys up to its own position
-                kpos = torch.arange(pos + T, device=x.device)
-                qpos = torch.arange(pos, pos + T, device=x.device)
-                mask, causal = kpos[None, :] <= qpos[:, None], False
+    def forward(self, x: torch.Tensor, pos: Positions = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.resid_dropout(self.c_proj(self.attend(self.c_attn(x), pos, mask)))
+
+    def attend(self, qkv: torch.Tensor, pos: Positions = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention for c_attn's output qkv (B, T, 3C): (B, T, C), the heads side by side.
+
+        With a cache and pos, the new keys and values go into the cache first and the queries
+        attend over it; mask is GPT.attention_mask's (None: causal, or one query seeing every key).
+        """
+        B, T, _ = qkv.shape
+        C, nh = self.n_embd, self.n_head
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        if self.kv_cache is None or pos is None:
+            # training's ops exactly as they always were: a compiled step's gradients stay bit-identical
+            k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            v = v.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            causal = True
+        else:
+            kv = qkv[..., C:].view(B, T, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # (2, B, nh, T, hs): one copy
+            k, v = self.kv_cache.update(pos, kv)  # (B, nh, pos+T or L, hs)
+            causal = mask is None and T > 1  # a prefill from 0; one new query may see every cached key
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return y.transpose(1, 2).contiguous().view(B, T, C)
 
 
 class MLP(nn.Module):
@@ -93,11 +106,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2 used the tanh approximation; keeping it makes logits match Hugging Face exactly.
-        if self.training and self.c_fc.bias is not None and available(x.device):
-            h = bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # one backward pass for both
-        else:
-            h = F.gelu(self.c_fc(x), approximate="tanh")
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -107,12 +116,9 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
-        self.cpu_step: cpu_kernels.DecodeBlock | None = None  # set by the torch-fp32 backend (CPU, C kernels built)
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
-        if self.cpu_step is not None and x.shape[:2] == (1, 1) and pos is not None and self.attn.kv_cache is not None:
-            return self.cpu_step(x, self.attn.kv_cache.kv, pos)  # the whole block in one C call
-        x = x + self.attn(self.ln_1(x), pos)
+    def forward(self, x: torch.Tensor, pos: Positions = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -131,6 +137,8 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # Row numbers of the cache (L,), set by setup_cache: what a static step's mask compares with.
+        self.register_buffer("cache_positions", None, persistent=False)
         self.tie_weights()
         if self.transformer.wte.weight.device.type != "meta":
             self.apply(self._init_weights)
@@ -155,21 +163,44 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are yielded once
 
+    def attentions(self) -> list[CausalSelfAttention]:
+        """Every layer's attention, wherever a swapped-in module keeps it."""
+        return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+
     def setup_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> None:
         """Allocate a KV cache per layer; forward(idx, pos) then reads and extends it."""
         max_len = max_len or self.config.block_size
         ref = self.transformer.wpe.weight  # never quantized, unlike wte (torch-int8 replaces it)
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(
-                batch, self.config.n_head, max_len, self.config.head_dim,
-                device=device or ref.device, dtype=dtype or ref.dtype,
-            )
+        device, dtype = device or ref.device, dtype or ref.dtype
+        for attn in self.attentions():
+            attn.kv_cache = KVCache(batch, self.config.n_head, max_len, self.config.head_dim, device=device, dtype=dtype)
+        self.cache_positions = torch.arange(max_len, device=device)
 
     def clear_cache(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
+        for attn in self.attentions():
+            attn.kv_cache = None
+        self.cache_positions = None
 
-    def hidden(self, idx: torch.Tensor, pos: int | None = None, last_only: bool = False) -> torch.Tensor:
+    def attention_mask(self, pos: Positions, T: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """What T new queries at pos may see in the cache, built once per forward for every layer.
+
+        None where causal attention says it (no cache, or a prefill from 0) or where one query
+        sees every key read (an int pos's decode step). Positions tensor: 0 for the cache rows
+        written so far, -inf for the rest, (T, L), with no host read of the positions.
+        """
+        if pos is None or self.cache_positions is None:
+            return None
+        if isinstance(pos, torch.Tensor):
+            hidden = self.cache_positions[None, :] > pos[:, None]  # (T, L)
+            return torch.zeros((), dtype=dtype, device=pos.device).masked_fill(hidden, float("-inf"))
+        if T == 1 or pos == 0:
+            return None
+        # queries sit at pos..pos+T-1; each sees keys up to its own position
+        keys = torch.arange(pos + T, device=self.cache_positions.device)
+        queries = torch.arange(pos, pos + T, device=self.cache_positions.device)
+        return keys[None, :] <= queries[:, None]
+
+    def hidden(self, idx: torch.Tensor, pos: Positions = None, last_only: bool = False) -> torch.Tensor:
         """The final layer norm's output (B, T, C) for token ids idx (B, T): forward without the head.
 
         Under autocast the residual stream is carried in the autocast dtype (as llm.c does) unless
@@ -177,24 +208,30 @@ class GPT(nn.Module):
         moved twice the bytes: 1.056x tokens/s for GPT-2 training on an H100 (bench/NOTES.md).
         """
         B, T = idx.shape
-        start = pos or 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence end {start + T} exceeds block_size {self.config.block_size}")
-        positions = torch.arange(start, start + T, device=idx.device)
+        if isinstance(pos, torch.Tensor):
+            positions = pos  # (T,); never checked here: reading it would wait for the device
+        else:
+            start = pos or 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence end {start + T} exceeds block_size {self.config.block_size}")
+            positions = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
         device = x.device.type
         if not self.fp32_residual and torch.is_autocast_enabled(device):
             x = x.to(torch.get_autocast_dtype(device))
+        mask = self.attention_mask(pos, T, x.dtype)
         for block in self.transformer.h:
-            x = block(x, pos)
+            x = block(x, pos, mask)
         if last_only:
             x = x[:, -1:, :]
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, pos: int | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, pos: Positions = None, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for token ids idx (B, T).
 
-        With a cache set up, pos is where idx starts in the sequence: the cache holds 0..pos-1.
+        With a cache set up, pos says where idx goes in the sequence (the cache holds what came
+        before): an int start, or a LongTensor (T,) of positions. Without pos the cache is
+        neither read nor written (training, reference passes).
         last_only returns logits for the final position only (B, 1, V), all generation needs.
         """
         return self.lm_head(self.hidden(idx, pos, last_only))  # (B, T, V)

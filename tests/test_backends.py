@@ -10,8 +10,9 @@ import torch
 from gptui.core.backends import BACKENDS, backend_class, load_backend
 from gptui.core.backends.contract import BUILDS, READY, State
 from gptui.core.backends.cuda_backend import CudaBackend
+from gptui.core.backends.fused_modules import FusedBlock, FusedLinear
 from gptui.core.kernels import cpu_kernels
-from gptui.core.backends.torch_backend import CpuLinear, onednn_available
+from gptui.core.backends.cpu_modules import CpuAttention, CpuBlock, CpuLinear, onednn_available
 from gptui.core.checkpoint import load_model
 from gptui.core.errors import GptuiError
 from gptui.core.generate import DoneEvent, generate
@@ -56,9 +57,10 @@ def test_torch_backends_decode_in_c_where_the_kernel_is_built(exported_dir):
     """torch-fp32 carries a one-token step through each block in one C call; torch-int8, whose products
     are PyTorch's, sends only the attention there (the tests above check both backends' logits)."""
     blocks = load_backend("torch-fp32", exported_dir).model.transformer.h
-    assert all((block.cpu_step is not None) == cpu_kernels.available() for block in blocks)
+    assert all(isinstance(block, CpuBlock) == cpu_kernels.available() for block in blocks)
     blocks = load_backend("torch-int8", exported_dir).model.transformer.h
-    assert all(block.attn.cpu_decode == cpu_kernels.available() and block.cpu_step is None for block in blocks)
+    assert all(isinstance(block.attn, CpuAttention) == cpu_kernels.available() and not isinstance(block, CpuBlock)
+               for block in blocks)
 
 
 @pytest.mark.parametrize("name", FP32 + INT8)
@@ -152,7 +154,7 @@ def test_cuda_backend_falls_back_to_torch_ops_when_triton_cannot_compile(exporte
 
     monkeypatch.setattr(cuda_backend, "fused_available", lambda device: True)
     backend = CudaBackend(load_model(exported_dir)[0], device="cpu", dtype=torch.float32, mode="eager")
-    assert not backend.decoder.fused and backend.kernels_note.startswith("torch ops (Triton failed")
+    assert not backend.fused and backend.kernels_note.startswith("torch ops (Triton failed")
     ids = random_ids(20, seed=20)
     expected = reference_logits(exported_dir, ids)[4:]
     assert (stepwise_logits(backend, ids, prefill=5) - expected).abs().max().item() < 1e-4
@@ -169,6 +171,42 @@ def test_a_launched_step_left_behind_never_answers_for_a_new_sequence(exported_d
         start_again()
         expected = reference_logits(exported_dir, ids + [9])[-1]
         assert (backend.decode(9) - expected).abs().max().item() < 1e-4
+
+
+def test_cuda_backend_run_on_a_cpu_swaps_modules_and_keeps_the_backend_contract(exported_dir):
+    """The cuda backend's own code, eager on a CPU: fused modules swapped in (torch ops, no Triton),
+    logits_all, decode after it, reset, nbytes, and a second backend over the same model (as
+    bench/decode_gpu.py builds one) that neither wraps the modules twice nor computes differently."""
+    backend = cpu_static_decoder(exported_dir)
+    model = backend.model
+    assert all(isinstance(block, FusedBlock) for block in model.transformer.h)
+    fused_linears = [m for m in model.modules() if isinstance(m, FusedLinear)]
+    assert isinstance(model.lm_head, FusedLinear) and not any(m.triton for m in fused_linears)
+    ids = random_ids(30, seed=23)
+    expected = reference_logits(exported_dir, ids + [5])
+    assert (backend.logits_all(ids) - expected[:-1]).abs().max().item() < 1e-4 and backend.position == 30
+    assert (backend.decode(5) - expected[-1]).abs().max().item() < 1e-4 and backend.position == 31
+    backend.reset()
+    assert backend.position == 0 and backend.nbytes == 4 * model.config.num_params()
+    again = CudaBackend(model, device="cpu", dtype=torch.float32, mode="eager")
+    assert sum(isinstance(m, FusedBlock) for m in model.modules()) == model.config.n_layer
+    assert (stepwise_logits(again, ids, prefill=5) - expected[4:-1]).abs().max().item() < 1e-4
+
+
+def test_the_captured_step_has_no_host_read_of_the_position(exported_dir):
+    """What the cuda backend captures, model(token, position tensor), traces as one graph that serves
+    every position: a host read of the position (a sync) or a Python branch on it would break the
+    fullgraph trace or recompile. A CPU stand-in for CUDA graph capture, which no test here can run."""
+    import torch._dynamo
+
+    backend = cpu_static_decoder(exported_dir)
+    backend.prefill(random_ids(10, seed=24))
+    torch._dynamo.reset()
+    step = torch.compile(backend.model, backend="eager", fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+        for position in (10, 11, 40):
+            token, pos = torch.tensor([[5]]), torch.tensor([position])
+            assert torch.equal(step(token, pos), backend.model(token, pos))
 
 
 def test_int8_backends_hold_under_a_third_of_the_fp32_bytes(exported_dir):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptui.core.kernels import cpu_kernels
-from gptui.core.backends.torch_backend import CpuLinear
+from gptui.core.backends.cpu_modules import CpuAttention, CpuBlock, CpuLinear
 from gptui.core.config import GPTConfig
 from gptui.core.model import Block, KVCache
 
@@ -136,8 +136,7 @@ def test_a_block_in_c_equals_the_pytorch_block_on_every_path(isa, n_embd, n_head
     with torch.no_grad():
         expected = block(x, pos)
         expected_cache, cache[:] = cache.clone(), before
-        block.cpu_step = c_step(block)
-        got = block(x, pos)
+        got = CpuBlock(block)(x, pos)
     assert got.shape == x.shape and not torch.equal(x, got)
     assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
     assert (cache - expected_cache).abs().max().item() < 1e-5 * max(1.0, expected_cache.abs().max().item())
@@ -205,5 +204,6 @@ def test_without_the_kernel_the_backend_decodes_the_same_through_onednn(tiny_mod
     monkeypatch.setattr(cpu_kernels, "_c", None)
     fallback = load_backend("torch-fp32", tiny_model_dir)
     assert not fallback.model.lm_head.gemv
-    assert not any(block.attn.cpu_decode or block.cpu_step for block in fallback.model.transformer.h)
+    assert not any(isinstance(block, CpuBlock) or isinstance(block.attn, CpuAttention)
+                   for block in fallback.model.transformer.h)
     assert (logits(fallback) - fast).abs().max().item() < 1e-4

@@ -46,6 +46,38 @@ def test_chunked_prefill_with_cache_equals_one_full_pass():
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, atol=1e-5, rtol=0)
 
 
+# How a 64-token sequence goes through the cache: the lengths of successive forward calls.
+SCHEDULES = {
+    "prefill 5, then one token at a time": [5] + [1] * 59,
+    "every token a decode step": [1] * 64,
+    "prefill 1, 13, 40 and 63 in pieces, then decode": [1, 12, 27, 23, 1],
+    **{f"prefill {n}, then decode": [n] + [1] * (64 - n) for n in (1, 13, 40, 63)},
+}
+
+
+@pytest.mark.parametrize("positions", ["int start", "tensor"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_cached_forward_in_any_pieces_equals_one_full_pass(schedule, positions):
+    """Both ways of addressing the cache give the uncached logits: an int start (rows up to there) and a
+    positions tensor (the static path a CUDA graph captures: every row read, under a mask). The cache
+    starts full of junk: rows not written yet must never be seen."""
+    model = make_tiny()
+    idx = torch.randint(0, 50000, (2, model.config.block_size), generator=torch.Generator().manual_seed(1))
+    pieces, start = [], 0
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_cache(batch=2)
+        for attn in model.attentions():
+            attn.kv_cache.kv.normal_()
+        for length in SCHEDULES[schedule]:
+            pos = start if positions == "int start" else torch.arange(start, start + length)
+            pieces.append(model(idx[:, start : start + length], pos))
+            start += length
+        model.clear_cache()
+    assert start == model.config.block_size
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
 def test_kv_cached_decoding_matches_recompute_across_the_context_limit():
     model = make_tiny()
     block = model.config.block_size
@@ -109,26 +141,35 @@ def test_bias_gelu_matches_gelu_of_the_sum_with_gradients():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_training_on_a_gpu_uses_the_fused_bias_gelu_and_gets_the_same_gradients(monkeypatch):
-    from gptui.core import model as model_module
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+])
+def test_training_on_a_gpu_uses_the_fused_bias_gelu_and_gets_the_same_gradients(device, monkeypatch):
+    """Training swaps each MLP for a BiasGeluMLP where Triton runs (on the CPU: forced, and the op takes its
+    plain-torch path): the same parameter names, bias_gelu once per layer, the plain MLP's gradients."""
+    from gptui.training import bias_gelu_mlp
 
-    model = make_tiny().cuda().train()
-    idx = torch.randint(0, model.config.vocab_size, (3, 40), device="cuda")
+    if device == "cpu":
+        untouched = bias_gelu_mlp.use_bias_gelu(make_tiny(), torch.device("cpu"))
+        assert not any(isinstance(block.mlp, bias_gelu_mlp.BiasGeluMLP) for block in untouched.transformer.h)
+        monkeypatch.setattr(bias_gelu_mlp, "available", lambda device: True)
+    plain = make_tiny().to(device).train()
+    model = bias_gelu_mlp.use_bias_gelu(make_tiny().to(device).train(), torch.device(device))
+    assert list(model.state_dict()) == list(plain.state_dict())
+    idx = torch.randint(0, model.config.vocab_size, (3, 40), device=device)
     calls = []
-    fused = model_module.bias_gelu
-    monkeypatch.setattr(model_module, "bias_gelu", lambda z, b: calls.append(1) or fused(z, b))
+    fused = bias_gelu_mlp.bias_gelu
+    monkeypatch.setattr(bias_gelu_mlp, "bias_gelu", lambda z, b: calls.append(1) or fused(z, b))
 
-    def grads():
+    def grads(model):
         model.zero_grad()
         model(idx).float().square().mean().backward()
         return {name: p.grad.clone() for name, p in model.named_parameters()}
 
-    with_kernel = grads()
+    with_kernel = grads(model)
     assert len(calls) == model.config.n_layer
-    monkeypatch.setattr(model_module, "available", lambda device: False)
-    plain = grads()
+    reference = grads(plain)
     assert len(calls) == model.config.n_layer
-    for name in plain:
-        torch.testing.assert_close(with_kernel[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+    for name in reference:
+        torch.testing.assert_close(with_kernel[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -30,6 +30,7 @@ from ..core.model import GPT
 from ..core.registry import resolve
 from ..core.tokenizer import fim_ids, get_encoding
 from . import distributed
+from .bias_gelu_mlp import use_bias_gelu
 from .checkpointing import BEST, LATEST, METRICS, RUN_CONFIG, load_training_state, save_run_checkpoint
 from .data import MixedRows, Sampler, eval_row_ids, open_rows, to_device
 from .loss import IGNORE, LossFunction, eval_loss, resolve_loss
@@ -228,6 +229,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # fp32 leftovers (outside autocast) on tensor cores (TF32)
             configure_attention(cfg.attention)
         self.model.to(d.device).train()
+        use_bias_gelu(self.model, d.device)  # c_fc's bias + GELU as one Triton op on a GPU
         self.model.fp32_residual = cfg.fp32_residual
         self.loss_fn = LossFunction(resolve_loss(cfg.loss, d.device), compile=self.compile, compile_mode=cfg.compile_mode)
         self.module: nn.Module = TrainingModule(self.model, self.loss_fn)

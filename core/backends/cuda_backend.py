@@ -2,28 +2,30 @@
 
 At batch 1 a decode step is ~170 small kernels; launched one by one from Python, the GPU waits
 on the CPU. Captured once in a CUDA graph, the whole step is replayed with one launch, and with
-each layer norm + matmul + bias/GELU/residual fused into one Triton kernel (fused_linear.py) it
-is ~90 kernels (0.37 ms for GPT-2 124M on an H100). The next step is queued from the sampler's
-GPU tensor before the host reads the token (launch), so host and GPU work overlap. Capture
-needs every shape and address fixed, so the step here differs from GPT.forward in one place:
-attention always reads the whole cache (block_size keys) under a mask of the positions written
-so far, and the new key/value land at a position held in a tensor (index_copy_) rather than a
-Python int. Prefill keeps the model's ordinary forward (variable length, flash attention); both
-write the same cache buffers.
+each layer norm + matmul + bias/GELU/residual fused into one Triton kernel (FusedBlock and
+FusedLinear, fused_modules.py, over core/kernels/fused_linear.py) it is ~90 kernels (0.37 ms for
+GPT-2 124M on an H100). The next step is queued from the sampler's GPU tensor before the host
+reads the token (launch), so host and GPU work overlap.
+
+What is captured is the model's own forward, model(token, position), with the token and the
+position in device tensors: given a positions tensor, GPT.forward takes its static path
+(attention reads the whole cache under a mask of the positions written so far; the new key and
+value land with index_copy_), whose shapes and addresses never change. Prefill calls the same
+forward with an int start (variable length, flash attention); both write the same cache buffers.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..kernels.fused_linear import available as fused_available
-from ..kernels.fused_linear import fused_linear
 from ..model import GPT
+from .base import Backend
 from .contract import READY, LoadOptions, Status, unavailable
-from .torch_backend import TorchBackend
+from .fused_modules import use_fused_modules
+from .torch_backend import forward_ids, weight_bytes
 
 # CUDA graph by hand over the fused Triton kernels (fused_linear.py) or over plain torch ops;
 # torch.compile in reduce-overhead mode (fusions + its own CUDA graphs); the same with max-autotune
@@ -31,58 +33,12 @@ from .torch_backend import TorchBackend
 MODES = ("graph", "graph-torch", "compile", "autotune", "eager")
 
 
-class StaticDecoder:
-    """One-token forward with fixed shapes: token (1, 1) and position (1,) are device tensors.
+class CudaBackend(Backend):
+    """A GPT on a GPU with its decode step replayed from a graph (or compiled, or eager, by mode).
 
-    fused: each layer norm + matmul + bias (+ GELU) (+ residual add) is one fused_linear kernel;
-    otherwise the same arithmetic in torch ops (the CPU, compile modes, and the comparison).
+    device and dtype are arguments so that the tests can run every mode's Python on a CPU
+    (eager there); load() and status() are what ask for an NVIDIA GPU.
     """
-
-    def __init__(self, model: GPT, fused: bool = False):
-        self.model = model
-        self.fused = fused
-        cfg = model.config
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        device = model.transformer.wpe.weight.device
-        self.key_positions = torch.arange(cfg.block_size, device=device)
-
-    def linear(self, x: torch.Tensor, linear: torch.nn.Linear, norm: torch.nn.LayerNorm | None = None,
-               gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """residual + act(linear(norm(x))) for x (1, 1, C)."""
-        if self.fused:
-            return fused_linear(x.view(-1), linear.weight, linear.bias, norm=norm, gelu=gelu,
-                                residual=None if residual is None else residual.view(-1)).view(1, 1, -1)
-        x = x if norm is None else norm(x)
-        if gelu:  # bias and GELU (tanh, as GPT-2) in the matmul's epilogue: one kernel, not three
-            y = torch._addmm_activation(linear.bias, x.view(1, -1), linear.weight.t(), use_gelu=True).view(1, 1, -1)
-        else:
-            y = linear(x)
-        return y if residual is None else residual + y
-
-    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """Logits (1, 1, V) after `token` at `position`; writes its key/value into the cache."""
-        t = self.model.transformer
-        x = t.wte(token) + t.wpe(position)  # (1, 1, C)
-        # keys written so far get 0, the rest -inf: built once per step, not once per layer
-        mask = torch.zeros((), dtype=x.dtype, device=x.device).masked_fill(
-            self.key_positions > position, float("-inf"))[None, None, None, :]  # (1, 1, 1, L)
-        for block in t.h:
-            attn, mlp, cache = block.attn, block.mlp, block.attn.kv_cache
-            q, kv = self.linear(x, attn.c_attn, norm=block.ln_1).split((attn.n_embd, 2 * attn.n_embd), dim=2)
-            q = q.view(1, 1, self.n_head, self.head_dim).transpose(1, 2)  # (1, nh, 1, hs)
-            # key and value into the (2, 1, nh, L, hs) cache with one copy
-            cache.kv.index_copy_(3, position, kv.view(1, 2, self.n_head, 1, self.head_dim).transpose(0, 1))
-            y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask)  # (1, nh, 1, hs)
-            x = self.linear(y.transpose(1, 2).reshape(1, 1, attn.n_embd), attn.c_proj, residual=x)
-            h = self.linear(x, mlp.c_fc, norm=block.ln_2, gelu=True)
-            x = self.linear(h, mlp.c_proj, residual=x)
-        if self.fused:
-            return fused_linear(x.view(-1), self.model.lm_head.weight, norm=t.ln_f, out_dtype=torch.float32).view(1, 1, -1)
-        return self.model.lm_head(t.ln_f(x)).float()  # (1, 1, V)
-
-
-class CudaBackend(TorchBackend):
-    """TorchBackend on a GPU (its logits_all and nbytes apply as they are), decoding by graph replay."""
 
     def __init__(self, model: GPT, name: str = "cuda", device: str | torch.device = "cuda",
                  dtype: torch.dtype = torch.bfloat16, mode: str = "graph"):
@@ -92,28 +48,29 @@ class CudaBackend(TorchBackend):
         self.device = torch.device(device)
         self.mode = mode
         self.block_size = model.config.block_size
-        self.params = model.config.num_params()
         self.position = 0
+        self.pending: torch.Tensor | None = None  # logits of a launched step, not yet collected
         with torch.inference_mode():
+            # the captured step's inputs: fixed addresses, refilled before each replay
+            self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
             self.model = model.to(device=self.device, dtype=dtype).eval()
             self.model.setup_cache(batch=1, device=self.device, dtype=dtype)
             # graph and eager run the fused kernels where Triton can (eager: the same step, unreplayed)
-            fused = mode in ("graph", "eager") and fused_available(self.device)
-            self.decoder = StaticDecoder(self.model, fused=fused)
-            self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-            self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.kernels_note = "fused Triton kernels" if fused else "torch ops"
-            if fused:
+            self.fused = mode in ("graph", "eager") and fused_available(self.device)
+            use_fused_modules(self.model, triton=self.fused)
+            self.kernels_note = "fused Triton kernels" if self.fused else "torch ops"
+            if self.fused:
                 try:  # Triton compiles here; it needs a C compiler and a driver it supports
-                    self.decoder.step(self.token, self.pos)
+                    self.model(self.token, self.pos)
                 except Exception as error:  # noqa: BLE001 - any compile failure means: run torch ops
-                    self.decoder.fused = False
+                    self.fused = False
+                    use_fused_modules(self.model, triton=False)
                     self.kernels_note = f"torch ops (Triton failed: {type(error).__name__})"
-        self.step = self.decoder.step
-        self.graph = None
-        self.pending: torch.Tensor | None = None  # logits of a launched step, not yet collected
+        self.step = self.model
+        self.graph: torch.cuda.CUDAGraph | None = None
         if mode in ("compile", "autotune"):
-            self.step = torch.compile(self.decoder.step, fullgraph=True,
+            self.step = torch.compile(self.model, fullgraph=True,
                                       mode="reduce-overhead" if mode == "compile" else "max-autotune")
         elif mode in ("graph", "graph-torch"):
             self._capture()
@@ -129,11 +86,11 @@ class CudaBackend(TorchBackend):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.decoder.step(self.token, self.pos)
+                self.model(self.token, self.pos)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_logits = self.decoder.step(self.token, self.pos)
+            self.static_logits = self.model(self.token, self.pos)
 
     @classmethod
     def load(cls, folder, name: str = "cuda", options: LoadOptions = LoadOptions()) -> "CudaBackend":
@@ -150,21 +107,21 @@ class CudaBackend(TorchBackend):
             return unavailable("needs an NVIDIA GPU with CUDA (none found)")
         return READY
 
-    @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:
-        self.pending = None
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(idx, pos=0, last_only=True)
+        self.pending = None  # a launched step belongs to the sequence this one replaces
+        logits = forward_ids(self.model, ids, self.device, last_only=True)
         self.position = len(ids)
-        return logits[0, -1].float()  # stays on the GPU: the sampler works there
+        return logits[-1].float()  # stays on the GPU: the sampler works there
 
     def reset(self) -> None:
         self.pending = None
         super().reset()
 
     def logits_all(self, ids: list[int]) -> torch.Tensor:
-        self.pending = None  # a launched step belongs to the sequence this one replaces
-        return super().logits_all(ids)
+        self.pending = None
+        logits = forward_ids(self.model, ids, self.device)
+        self.position = len(ids)
+        return logits.float().cpu()
 
     @torch.inference_mode()
     def launch(self, token: torch.Tensor) -> bool:
@@ -191,3 +148,7 @@ class CudaBackend(TorchBackend):
         else:
             logits = self.step(self.token, self.pos)
         return logits[0, -1].clone()  # on the GPU; a copy, since the next replay overwrites static_logits
+
+    @property
+    def nbytes(self) -> int:
+        return weight_bytes(self.model)

@@ -18,7 +18,8 @@ from ..checkpoint import load_model
 from ..errors import GptuiError
 from ..model import GPT
 from .contract import LoadOptions
-from .torch_backend import TorchBackend, use_c_attention
+from .cpu_modules import use_c_attention
+from .torch_backend import TorchBackend
 
 
 class Int8Embedding(nn.Module):
