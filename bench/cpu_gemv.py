@@ -25,7 +25,7 @@ import torch
 
 from gptui.core.kernels import cpu_kernels
 from gptui.core.backends import load_backend
-from gptui.core.backends.torch_backend import CpuLinear
+from gptui.core.backends.cpu_modules import CpuAttention, CpuBlock, CpuLinear
 from gptui.core.checkpoint import save_checkpoint
 from gptui.core.config import preset
 from gptui.core.model import GPT
@@ -69,8 +69,11 @@ def step_table(preset_name: str, rounds: int) -> list[str]:
         save_checkpoint(folder, GPT(preset(preset_name)), "gpt2-code")
         variants = {name: load_backend("torch-fp32", folder) for name in ("ours", "attend", "sdpa", "onednn")}
     for name in ("attend", "sdpa", "onednn"):  # block by block in PyTorch, as before the C block
-        for block in variants[name].model.transformer.h:
-            block.cpu_step, block.attn.cpu_decode = None, name == "attend"
+        blocks = variants[name].model.transformer.h
+        for i, block in enumerate(blocks):
+            blocks[i] = block.block if isinstance(block, CpuBlock) else block
+            if name == "attend":
+                blocks[i].attn = CpuAttention(blocks[i].attn)
     for m in variants["onednn"].model.modules():
         if isinstance(m, CpuLinear):  # what CpuLinear does when the C kernel is not built
             m.gemv, m.packed = False, torch.ops.mkldnn._reorder_linear_weight(m.weight.clone(), 1)

@@ -25,7 +25,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from gptui.core import model as model_module
+from gptui.training import bias_gelu_mlp
 from gptui.core.config import preset
 from gptui.core.tokenizer import get_encoding
 from gptui.training import distributed
@@ -165,7 +165,7 @@ def measure(variant: str, args, work: Path, device: torch.device, dtype: torch.d
     if variant == "hf":
         return measure_hf(args, device, dtype)
     if variant == "ours-unfused-gelu":  # inductor's GELU and bias gradient instead of core/kernels/bias_gelu.py
-        with mock.patch.object(model_module, "available", lambda device: False):
+        with mock.patch.object(bias_gelu_mlp, "available", lambda device: False):
             return measure_ours(args, work, OURS[variant])
     return measure_ours(args, work, OURS[variant])
 
