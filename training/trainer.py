@@ -466,6 +466,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Trai
     """Train as cfg says; the exit code (0, or 128 + signal). on_step(trainer) runs after every step (tests)."""
     d = distributed.setup(cfg.device)
     try:
-        return Trainer(cfg, d, resume, on_step).run()
+        code = Trainer(cfg, d, resume, on_step).run()
+        distributed.teardown(d, finished=True)
+        return code
     finally:
         distributed.teardown(d)
