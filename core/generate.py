@@ -45,6 +45,11 @@ class DoneEvent:
     total_time: float
     retract: int = 0  # characters already streamed that a stop_fn cut off; consumers drop them
 
+    def answer(self, streamed: str) -> str:
+        """The whole answer, given the text streamed before this event: less what was retracted,
+        plus what was held back until the end."""
+        return streamed[: len(streamed) - self.retract] + self.text
+
 
 class ContextWindow:
     """Feeds a backend token by token and slides the window when it is full."""

@@ -69,10 +69,6 @@ class MuonAdamW:
     def param_groups(self) -> list[dict]:
         return self.muon.param_groups + self.adamw.param_groups
 
-    @property
-    def state(self):
-        return {**self.muon.state, **self.adamw.state}
-
     def step(self, closure=None) -> None:
         self.muon.step()
         self.adamw.step()

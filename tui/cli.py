@@ -12,7 +12,7 @@ from ..core import __version__
 from ..core.errors import GptuiError, fail_cleanly
 from ..core.history import SOURCES
 from ..core.sampling import SamplingParams
-from .options import backend_option, model_option
+from .options import backend_option, model_option, no_log_option
 
 
 class DefaultGroup(click.Group):
@@ -69,8 +69,7 @@ def main():
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
               help="jsonl: one event per token with its log-prob and timing.")
 @click.option("-i", "--instruct", is_flag=True, help="Wrap the prompt in the instruction template (chat).")
-@click.option("--no-log", is_flag=True, envvar="GPTUI_NO_LOG",
-              help="Keep no record of this run (see `gptui logs`; or [log] enabled = false in the settings).")
+@no_log_option("this run")
 @fail_cleanly
 def complete(prompt, model, backend, max_tokens, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram,
              stop_repeats, seed, stop, stats, fmt, instruct, no_log):

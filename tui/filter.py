@@ -66,14 +66,16 @@ def run_filter(
     done = None
     pieces = []
     for event in generate(backend, encoding, ids, params):
-        pieces.append(event.text)
         if isinstance(event, DoneEvent):
             done = event
             if fmt == "jsonl":
                 out.write(json.dumps({"done": True, **dataclasses.asdict(event)}) + "\n")
             else:
                 out.write(event.text)
-        elif fmt == "jsonl":
+            out.flush()
+            continue
+        pieces.append(event.text)
+        if fmt == "jsonl":
             out.write(json.dumps({"text": event.text, "token": event.token_id, "logprob": event.logprob,
                                   "index": event.index, "time": event.elapsed}) + "\n")
         else:
@@ -82,10 +84,8 @@ def run_filter(
     if stats and done is not None:
         err.write(stats_line(done, backend.name) + "\n")
     if history is not None and done is not None:
-        text = "".join(pieces)
-        text = text[: len(text) - done.retract] if done.retract else text
-        history.record("chat" if instruct else "completion", asked, text, model=folder.name, backend=backend.name,
-                       params=params, done=done)
+        history.record("chat" if instruct else "completion", asked, done.answer("".join(pieces)), model=folder.name,
+                       backend=backend.name, params=params, done=done)
         if history.warning:
             err.write(f"warning: {history.warning}\n")
     return done

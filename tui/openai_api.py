@@ -163,9 +163,7 @@ class Engine:
     def _record(self, prompt: Prompt, params: SamplingParams, pieces: list[str], done: DoneEvent) -> None:
         if self.history is None or not self.history.enabled:
             return
-        text = "".join(pieces)
-        text = text[: len(text) - done.retract] + done.text
-        self.history.record(prompt.kind, prompt.text, text, model=self.model.name, backend=self.model.backend.name,
+        self.history.record(prompt.kind, prompt.text, done.answer("".join(pieces)), model=self.model.name, backend=self.model.backend.name,
                             params=params, done=done, context=prompt.context, suffix=prompt.suffix)
         if not self.history.enabled:  # this write failed: logging is off from now on
             self.warn(self.history.warning)
@@ -271,9 +269,7 @@ class Api:
                     parts.append(event.text)
                     tokens.append(event)
                 else:
-                    text = "".join(parts)
-                    text = text[: len(text) - event.retract] + event.text
-                    return Outcome(text, event, tokens, max(0.0, started - admitted))
+                    return Outcome(event.answer("".join(parts)), event, tokens, max(0.0, started - admitted))
         finally:
             watcher.cancel()
             await events.aclose()  # sets cancel if we left before the end (the request task was cancelled)

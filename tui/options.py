@@ -29,3 +29,9 @@ def _complete_backend(ctx, param, incomplete: str) -> list[CompletionItem]:
 backend_option = click.option("-b", "--backend", envvar="GPTUI_BACKEND", default=DEFAULT_BACKEND, show_default=True,
                               metavar="[" + "|".join(available_backends()) + "]", shell_complete=_complete_backend,
                               help="Inference backend (`gptui bench` compares them; auto: cuda on a GPU).")
+
+
+def no_log_option(what: str):
+    """--no-log (or GPTUI_NO_LOG) for a command that logs `what` to the history database."""
+    return click.option("--no-log", is_flag=True, envvar="GPTUI_NO_LOG",
+                        help=f"Keep no record of {what} (see `gptui logs`; or [log] enabled = false in the settings).")

@@ -14,7 +14,7 @@ import signal
 import click
 
 from ..core.errors import GptuiError, fail_cleanly
-from .options import backend_option, model_option
+from .options import backend_option, model_option, no_log_option
 
 
 def is_loopback(host: str) -> bool:
@@ -83,8 +83,7 @@ def run_server(model: str | None, backend: str, host: str, port: int, api_key: s
               help="Seconds Ctrl-C/SIGTERM waits for running requests before closing them.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
-@click.option("--no-log", is_flag=True, envvar="GPTUI_NO_LOG",
-              help="Keep no record of the answers (see `gptui logs`; or [log] enabled = false in the settings).")
+@no_log_option("the answers")
 @fail_cleanly
 def serve(model, backend, host, port, api_key, queue, drain, log_level, no_log):
     """Serve the model over an OpenAI-compatible HTTP API (and llama.cpp's /infill).
